@@ -1,0 +1,51 @@
+# rsmc top-level Makefile. `make check` is the test command; `make demo` the showcase.
+# The Kbuild file next to this one is what the kernel build reads (make module).
+
+RSMC_CACHE ?= $(HOME)/.cache/rsmc
+export RSMC_CACHE
+SHELL := /bin/bash
+TOP := $(CURDIR)
+
+# DEBUG=1 selects the reliability kernel (KASAN, lockdep, kmemleak, ...).
+ifeq ($(DEBUG),1)
+KERNEL_FLAVOUR := --debug
+endif
+
+# KDIR= builds against a user's own Rust-enabled kernel tree instead of the cached test kernel.
+export KDIR
+
+.PHONY: all deps kernel module host-test selftests check vm demo bench clippy fmt clean
+
+all: module
+
+deps:
+	@scripts/deps.sh
+
+# Each recipe that needs the toolchain depends on deps (a no-op once installed).
+kernel: deps
+	@scripts/kernel.sh $(KERNEL_FLAVOUR)
+
+module: deps
+	@scripts/module.sh $(KERNEL_FLAVOUR) $(if $(CLIPPY),CLIPPY=1)
+
+host-test:
+	cd rust/proto && cargo test
+
+selftests: deps
+	+$(MAKE) -C selftests
+
+check: deps
+	@scripts/check.sh $(KERNEL_FLAVOUR)
+
+vm: module
+	qemu/run $(KERNEL_FLAVOUR)
+
+clippy:
+	+$(MAKE) module CLIPPY=1
+	cd rust/proto && cargo clippy --all-targets -- -D warnings
+
+fmt:
+	rustfmt --edition 2021 --check rust/rsmc_main.rs rust/proto/host.rs
+
+clean:
+	rm -rf $(RSMC_CACHE)/obj rust/proto/target selftests/out

@@ -1,0 +1,10 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Everything rsmc's Rust code binds to; bindgen runs over this on every build. */
+#include <linux/debugfs.h>
+#include <linux/netdevice.h>
+#include <linux/net.h>
+#include <linux/socket.h>
+#include <net/busy_poll.h>
+#include <net/sock.h>
+#include <rdma/ib_verbs.h>
+#include "shim.h"

@@ -1,0 +1,11 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Protocol core of rsmc: ring-cursor arithmetic and the CLC and CDC wire formats.
+//!
+//! Everything here is plain `core` Rust with no kernel dependencies, so the same code runs in the
+//! module and in host unit tests. Decoders accept arbitrary bytes from the network and never
+//! panic; every malformed input maps to an error variant.
+
+pub mod cdc;
+pub mod clc;
+pub mod ring;

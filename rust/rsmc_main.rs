@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! rsmc: an SMC-R-like socket family whose RDMA completions are reaped by NAPI.
+//!
+//! `AF_SMC` stream sockets handshake over TCP and move data with RDMA WRITEs; the
+//! completion queues of each RDMA device are drained by a NAPI instance, so the kernel's
+//! stock busy-poll paths (recvmsg, epoll, poll/select, io_uring) spin on RDMA completions.
+//!
+//! Layout (mirrors net/smc): `af_smc` the socket family, `ib` the RDMA device client,
+//! `poller` the per-device NAPI poller, `debugfs` the state tests read, `proto` the pure
+//! protocol core (also built and tested on the host), `ffi` every call into C.
+
+use kernel::prelude::*;
+
+mod af_smc;
+mod debugfs;
+mod ffi;
+mod ib;
+mod poller;
+pub mod proto;
+
+module! {
+    type: Rsmc,
+    name: "rsmc",
+    authors: ["rsmc developers"],
+    description: "SMC-R-like sockets over RDMA with NAPI busy polling",
+    license: "GPL",
+}
+
+#[pin_data]
+struct Rsmc {
+    // Dropped in declaration order: no new sockets, then devices, then debugfs.
+    family: ffi::sock::FamilyRegistration,
+    client: ffi::ib::ClientRegistration,
+    #[pin]
+    debugfs: debugfs::Debugfs,
+}
+
+impl kernel::InPlaceModule for Rsmc {
+    fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            debugfs <- debugfs::Debugfs::new(),
+            client: ib::register()?,
+            family: af_smc::register()?,
+        })
+    }
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# `make check`: host tests of the protocol core, then KUnit and kselftests in the test VM.
+# Prints each tier's counts and ends with "N passed, N failed"; exits non-zero on any failure.
+# Usage: scripts/check.sh [--debug]
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+cd "$top"
+
+flavour=()
+[ "${1:-}" = --debug ] && flavour=(--debug)
+passed=0
+failed=0
+summary=()
+fail() {
+	echo "check: FAIL: $*"
+	failed=$((failed + 1))
+}
+
+"$here/deps.sh" || { echo "check: deps failed"; echo "0 passed, 1 failed"; exit 1; }
+
+# Tier 1: host tests of the pure protocol core.
+host_log=$(mktemp)
+trap 'rm -f "$host_log" "${vm_log:-}"' EXIT
+(cd rust/proto && cargo test 2>&1) | tee "$host_log"
+read -r hp hf < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+	END { print p + 0, f + 0 }' "$host_log")
+grep -q '^test result:' "$host_log" || fail "host tests did not build or run"
+[ "$hp" -gt 0 ] || fail "no host tests ran"
+passed=$((passed + hp))
+failed=$((failed + hf))
+summary+=("host (cargo test): $hp passed, $hf failed")
+
+# Build what the VM needs; a build failure is a failure of everything after it.
+if ! module=$("$here/module.sh" "${flavour[@]}") || ! make -s -C selftests; then
+	fail "build"
+	printf '%s\n' "${summary[@]}"
+	echo "$passed passed, $failed failed"
+	exit 1
+fi
+
+# Tier 2 and 3: KUnit (run at insmod) and kselftests, in one VM boot.
+vm_log=$(mktemp)
+RSMC_MODULE=$module "$top/qemu/run" "${flavour[@]}" -- "$top/selftests/run_in_vm.sh" 2>&1 | tee "$vm_log"
+vm_status=${PIPESTATUS[0]}
+[ "$vm_status" = 0 ] || fail "VM exited with status $vm_status"
+grep -q '^### end' "$vm_log" || fail "VM run did not complete"
+
+section() { # print the lines after marker $1 up to the next marker
+	awk -v start="$1" '$0 == start { on = 1; next } /^### / { on = 0 } on' "$vm_log"
+}
+
+# KUnit: every suite declared in the sources must have run; count its cases.
+kunit=$(section "### kunit")
+kp=$(grep -cE '^    ok [0-9]+ ' <<<"$kunit")
+kf=$(grep -cE '^    not ok [0-9]+ ' <<<"$kunit")
+for suite in $(grep -rhoE 'kunit_tests\(rsmc_[a-z0-9_]+\)' rust | sed -E 's/.*\((.*)\)/\1/' | sort -u); do
+	grep -qE "^(not )?ok [0-9]+ $suite\$" <<<"$kunit" || fail "KUnit suite $suite did not run"
+done
+[ "$kp" -gt 0 ] || fail "no KUnit cases ran"
+passed=$((passed + kp))
+failed=$((failed + kf))
+summary+=("kunit: $kp passed, $kf failed")
+
+# kselftests: count TAP results per test program; a crash or a short plan is a failure.
+sp=0 sf=0 ss=0
+for test in $(make -s -C selftests print-tests); do
+	tap=$(section "### kselftest $test")
+	p=$(grep -E '^ok [0-9]+ ' <<<"$tap" | grep -vc '# SKIP')
+	s=$(grep -cE '^ok [0-9]+ .*# SKIP' <<<"$tap")
+	f=$(grep -cE '^not ok [0-9]+ ' <<<"$tap")
+	plan=$(sed -nE 's/^1\.\.([0-9]+)$/\1/p' <<<"$tap" | head -n1)
+	[ -n "$plan" ] && [ "$plan" = $((p + s + f)) ] || fail "$test: plan ${plan:-missing}, $((p + s + f)) results"
+	grep -q "^### exit $test 0\$" "$vm_log" || [ "$f" -gt 0 ] || fail "$test exited non-zero"
+	sp=$((sp + p)) sf=$((sf + f)) ss=$((ss + s))
+done
+[ "$sp" -gt 0 ] || fail "no kselftests passed"
+passed=$((passed + sp))
+failed=$((failed + sf))
+summary+=("kselftest: $sp passed, $sf failed, $ss skipped")
+
+# The kernel log must be free of splats (KASAN, lockdep, WARN, kmemleak on the debug kernel).
+splats=$(section "### kernel log")
+if [ -n "$splats" ]; then
+	fail "kernel log has reports:"
+	echo "$splats"
+fi
+
+echo "== rsmc check${flavour:+ (debug kernel)} =="
+printf '%s\n' "${summary[@]}"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Build (or reuse) the test kernel and print its build directory.
+# Usage: scripts/kernel.sh [--debug]
+# The build lives outside the repository, keyed by kernel version and a hash of the config
+# fragments and of this script, so it is rebuilt only when one of those changes.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+. "$here/env.sh"
+
+fragments=("$top/qemu/kernel.config")
+flavour=normal
+if [ "${1:-}" = --debug ]; then
+	fragments+=("$top/qemu/kernel-debug.config")
+	flavour=debug
+fi
+
+ksrc=$(rsmc_kernel_src)
+version=$(make -s -C "$ksrc" kernelversion)
+hash=$(cat "${fragments[@]}" "$0" | sha256sum | cut -c1-12)
+out=$RSMC_CACHE/build/$version-$flavour-$hash
+log() { printf 'kernel: %s\n' "$*" >&2; }
+
+if [ -f "$out/.rsmc-built" ]; then
+	echo "$out"
+	exit 0
+fi
+
+kmake() { make -C "$ksrc" O="$out" LLVM="$KLLVM" RUSTC="$KRUSTC" "$@"; }
+
+log "building $version ($flavour) in $out"
+start=$(date +%s)
+rm -rf "$out"
+mkdir -p "$out"
+kmake -s tinyconfig >&2
+"$ksrc/scripts/kconfig/merge_config.sh" -m -O "$out" "$out/.config" "${fragments[@]}" >/dev/null
+kmake -s olddefconfig >&2
+
+# Fail early if Kconfig dropped an option we asked for (a missing dependency or toolchain).
+dropped=0
+for frag in "${fragments[@]}"; do
+	while IFS= read -r line; do
+		case "$line" in
+		CONFIG_*=n) opt=${line%%=*}
+			grep -q "^$opt=" "$out/.config" && { log "$opt should be off"; dropped=1; } ;;
+		CONFIG_*) grep -qx "$line" "$out/.config" || { log "not set: $line"; dropped=1; } ;;
+		esac
+	done <"$frag"
+done
+[ "$dropped" = 0 ] || { log "kernel config incomplete (see above)"; exit 1; }
+
+kmake -j"$(($(nproc) + 1))" bzImage modules >&2
+touch "$out/.rsmc-built"
+log "built in $(($(date +%s) - start)) s"
+echo "$out"

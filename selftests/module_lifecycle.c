@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Module lifecycle: open sockets pin rsmc.ko; rsmc and stock smc.ko exclude each other.
+ * Runs last: it unloads and reloads rsmc (RSMC_MODULE, RSMC_KDIR come from qemu/run).
+ */
+#include <errno.h>
+#include <sys/socket.h>
+
+#include "kselftest_harness.h"
+#include "rsmc_selftest.h"
+
+static const char *rsmc_ko(void)
+{
+	return getenv("RSMC_MODULE");
+}
+
+static int load_smc(void)
+{
+	char path[512];
+	const char *kdir = getenv("RSMC_KDIR");
+
+	if (!kdir)
+		return -1;
+	snprintf(path, sizeof(path), "%s/net/smc/smc.ko", kdir);
+	return rsmc_load_module(path);
+}
+
+TEST(open_socket_pins_module)
+{
+	int fd = socket(AF_SMC, SOCK_STREAM, 0);
+
+	ASSERT_LE(0, fd);
+	errno = 0;
+	EXPECT_EQ(-1, rsmc_delete_module("rsmc"));
+	EXPECT_EQ(EWOULDBLOCK, errno);
+	/* Still fully working while pinned. */
+	EXPECT_LE(0, rsmc_device_napi_id("rxe_a"));
+
+	ASSERT_EQ(0, close(fd));
+	ASSERT_EQ(0, rsmc_delete_module("rsmc")) TH_LOG("rmmod: %s", strerror(errno));
+	EXPECT_EQ(-1, socket(AF_SMC, SOCK_STREAM, 0));
+	EXPECT_EQ(EAFNOSUPPORT, errno);
+
+	ASSERT_NE(NULL, rsmc_ko());
+	ASSERT_EQ(0, rsmc_load_module(rsmc_ko())) TH_LOG("insmod: %s", strerror(errno));
+	/* The reloaded module picks up the existing devices again. */
+	EXPECT_LE(0, rsmc_device_napi_id("rxe_a"));
+	EXPECT_LE(0, rsmc_device_napi_id("rxe_b"));
+	fd = socket(AF_SMC, SOCK_STREAM, 0);
+	EXPECT_LE(0, fd);
+	close(fd);
+}
+
+TEST(stock_smc_and_rsmc_exclude_each_other)
+{
+	int fd;
+
+	/* rsmc owns AF_SMC: stock smc.ko cannot load. */
+	errno = 0;
+	EXPECT_EQ(-1, load_smc());
+	EXPECT_EQ(EEXIST, errno) TH_LOG("smc.ko: %s", strerror(errno));
+
+	/* Stock smc.ko owns AF_SMC: rsmc cannot load. */
+	ASSERT_EQ(0, rsmc_delete_module("rsmc")) TH_LOG("rmmod rsmc: %s", strerror(errno));
+	ASSERT_EQ(0, load_smc()) TH_LOG("smc.ko: %s", strerror(errno));
+	errno = 0;
+	EXPECT_EQ(-1, rsmc_load_module(rsmc_ko()));
+	EXPECT_EQ(EEXIST, errno);
+	EXPECT_EQ(-1, rsmc_device_napi_id("rxe_a"));
+
+	/* Back to rsmc. */
+	ASSERT_EQ(0, rsmc_delete_module("smc")) TH_LOG("rmmod smc: %s", strerror(errno));
+	ASSERT_EQ(0, rsmc_load_module(rsmc_ko())) TH_LOG("insmod: %s", strerror(errno));
+	fd = socket(AF_SMC, SOCK_STREAM, 0);
+	EXPECT_LE(0, fd);
+	close(fd);
+}
+
+TEST_HARNESS_MAIN

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Helpers shared by the rsmc kselftests (run inside the VM set up by qemu/run). */
+#ifndef RSMC_SELFTEST_H
+#define RSMC_SELFTEST_H
+
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/rsmc.h>
+
+#define RSMC_DEVICES_FILE "/sys/kernel/debug/rsmc/devices"
+
+/* Moves the calling thread into network namespace @name (rsmc_a or rsmc_b). */
+static inline int rsmc_enter_netns(const char *name)
+{
+	char path[64];
+	int fd, ret;
+
+	snprintf(path, sizeof(path), "/run/netns/%s", name);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ret = setns(fd, CLONE_NEWNET);
+	close(fd);
+	return ret;
+}
+
+/* Looks up @device in rsmc's debugfs device list; returns its NAPI id, or -1 if absent. */
+static inline long rsmc_device_napi_id(const char *device)
+{
+	char name[64];
+	long napi_id, found = -1;
+	unsigned long long polls;
+	FILE *f = fopen(RSMC_DEVICES_FILE, "r");
+
+	if (!f)
+		return -1;
+	while (fscanf(f, "%63s napi_id %ld polls %llu", name, &napi_id, &polls) == 3)
+		if (!strcmp(name, device))
+			found = napi_id;
+	fclose(f);
+	return found;
+}
+
+/* CONFIG_NR_CPUS of the running test kernel: MIN_NAPI_ID is NR_CPUS + 1. */
+static inline long rsmc_kernel_nr_cpus(void)
+{
+	const char *kdir = getenv("RSMC_KDIR");
+	char path[512], line[256];
+	long nr = -1;
+	FILE *f;
+
+	if (!kdir)
+		return -1;
+	snprintf(path, sizeof(path), "%s/.config", kdir);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "CONFIG_NR_CPUS=%ld", &nr) == 1)
+			break;
+	fclose(f);
+	return nr;
+}
+
+static inline int rsmc_delete_module(const char *name)
+{
+	return syscall(__NR_delete_module, name, O_NONBLOCK);
+}
+
+/* Loads the module file at @path (as insmod does); returns 0 or -1 with errno. */
+static inline int rsmc_load_module(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int ret;
+
+	if (fd < 0)
+		return -1;
+	ret = syscall(__NR_finit_module, fd, "", 0);
+	close(fd);
+	return ret;
+}
+
+#endif /* RSMC_SELFTEST_H */

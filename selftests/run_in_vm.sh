@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs inside the VM (qemu/run): prints the KUnit results of rsmc's suites and the TAP output
+# of every kselftest, between markers that scripts/check.sh parses, then checks the kernel
+# log for splats. Always exits 0 once it got that far: the verdict is the host's.
+cd "$(dirname "$0")"
+out=${RSMC_SELFTEST_OUT:-out}
+
+echo "### kunit"
+for suite in /sys/kernel/debug/kunit/rsmc_*; do
+	[ -e "$suite/results" ] && cat "$suite/results"
+done
+
+# module_lifecycle unloads and reloads rsmc, so it runs last.
+for test in socket_family devices module_lifecycle; do
+	echo "### kselftest $test"
+	timeout "${RSMC_TEST_TIMEOUT:-600}" "$out/$test"
+	echo "### exit $test $?"
+done
+
+echo "### kernel log"
+if [ -e /sys/kernel/debug/kmemleak ]; then
+	# Two scans: kmemleak reports an object only once it was unreferenced in both.
+	echo scan >/sys/kernel/debug/kmemleak
+	sleep 6
+	echo scan >/sys/kernel/debug/kmemleak
+	cat /sys/kernel/debug/kmemleak
+fi
+dmesg | grep -E -A20 'BUG:|WARNING:|Oops|KASAN|UBSAN|possible recursive locking|circular locking|inconsistent lock|sleeping function called|kmemleak:.*leak|refcount_t:|Kernel panic' || true
+echo "### end"
