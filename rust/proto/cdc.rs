@@ -110,11 +110,13 @@ pub const fn seq_newer(a: u16, b: u16) -> bool {
 
 /// Decodes the CDC message that fills `buf` exactly.
 pub fn decode(buf: &[u8]) -> Result<Message, Error> {
-    let b: &[u8; MSG_LEN] = match buf.len() {
-        n if n < MSG_LEN => return Err(Error::Truncated),
-        n if n > MSG_LEN => return Err(Error::TrailingBytes),
-        _ => buf.try_into().map_err(|_| Error::Truncated)?,
-    };
+    let b: &[u8; MSG_LEN] = buf.try_into().map_err(|_| {
+        if buf.len() < MSG_LEN {
+            Error::Truncated
+        } else {
+            Error::TrailingBytes
+        }
+    })?;
     if b[0] != MSG_TYPE {
         return Err(Error::BadType(b[0]));
     }
