@@ -2,7 +2,7 @@
 # Build (or reuse) the test kernel and print its build directory.
 # Usage: scripts/kernel.sh [--debug]
 # The build lives outside the repository, keyed by kernel version and a hash of the config
-# fragments and of this script, so it is rebuilt only when one of those changes.
+# fragments, so it is rebuilt only when one of those changes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
@@ -17,7 +17,7 @@ fi
 
 ksrc=$(rsmc_kernel_src)
 version=$(make -s -C "$ksrc" kernelversion)
-hash=$(cat "${fragments[@]}" "$0" | sha256sum | cut -c1-12)
+hash=$(cat "${fragments[@]}" | sha256sum | cut -c1-12)
 out=$RSMC_CACHE/build/$version-$flavour-$hash
 log() { printf 'kernel: %s\n' "$*" >&2; }
 

@@ -57,7 +57,7 @@ impl ClientTable {
         // SAFETY: All-zero is a valid `ib_client` (null callbacks, empty list heads that
         // `ib_register_client` initialises).
         let mut client: sys::ib_client = unsafe { core::mem::zeroed() };
-        client.name = name.as_char_ptr();
+        client.name = name.as_ptr().cast();
         client.add = Some(add_callback::<T>);
         client.remove = Some(remove_callback::<T>);
         Self(StaticCell::new(client))

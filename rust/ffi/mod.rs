@@ -42,13 +42,13 @@ impl<T> StaticCell<T> {
 /// Returns the number of bytes copied, which stops at the first NUL or at the end of either
 /// buffer.
 fn copy_c_name(name: &[kernel::ffi::c_char], out: &mut [u8]) -> usize {
+    // The kernel's `c_char` is `u8` on every architecture, so bytes copy as they are.
     let mut len = 0;
     for (dst, &src) in out.iter_mut().zip(name.iter()) {
         if src == 0 {
             break;
         }
-        // CAST: `c_char` to `u8` reinterprets the byte, which is what a name copy wants.
-        *dst = src as u8;
+        *dst = src;
         len += 1;
     }
     len

@@ -89,7 +89,7 @@ impl<T: NapiPoll> Drop for Napi<T> {
         // `poller` is dropped only after this, so the callback never sees a freed poller.
         unsafe {
             sys::napi_disable(napi);
-            sys::netif_napi_del(napi);
+            sys::rsmc_netif_napi_del(napi);
             sys::free_netdev(self.dev);
         }
     }

@@ -38,3 +38,8 @@ void rsmc_napi_schedule(struct napi_struct *napi)
 {
 	napi_schedule(napi);
 }
+
+void rsmc_netif_napi_del(struct napi_struct *napi)
+{
+	netif_napi_del(napi);
+}

@@ -18,5 +18,6 @@ void rsmc_sock_orphan(struct sock *sk);
 void rsmc_sock_put(struct sock *sk);
 void *rsmc_netdev_priv(struct net_device *dev);
 void rsmc_napi_schedule(struct napi_struct *napi);
+void rsmc_netif_napi_del(struct napi_struct *napi);
 
 #endif /* RSMC_SHIM_H */

@@ -43,8 +43,7 @@ const fn c_name<const N: usize>(name: &str) -> [kernel::ffi::c_char; N] {
     let mut i = 0;
     // Leave room for the terminating NUL.
     while i < bytes.len() && i + 1 < N {
-        // CAST: ASCII bytes fit `c_char`.
-        out[i] = bytes[i] as kernel::ffi::c_char;
+        out[i] = bytes[i];
         i += 1;
     }
     out

@@ -10,7 +10,11 @@
 //! are at most one ring apart, far below half of that space, so the comparison is unambiguous.
 //!
 //! All ring-size-dependent operations are methods of [`RingSize`], whose constructor guarantees
-//! a size the arithmetic below cannot overflow on.
+//! a size the arithmetic below cannot overflow on. The size is held as a [`NonZeroU32`] and
+//! divisions by it use [`NonZeroU64`], so that none of the arithmetic has a division-by-zero
+//! panic path.
+
+use core::num::{NonZeroU32, NonZeroU64};
 
 /// Smallest ring size the handshake negotiates, in bytes.
 pub const RING_SIZE_MIN: u32 = 16 * 1024;
@@ -78,6 +82,13 @@ pub enum CursorError {
     TooFarAhead,
 }
 
+/// Number of values of the 16-bit wrap counter, that is, of rings in the cursor space; checked at
+/// compile time.
+const WRAPS: NonZeroU64 = match NonZeroU64::new(1 << u16::BITS) {
+    Some(wraps) => wraps,
+    None => panic!(),
+};
+
 /// Where a cursor lies relative to the window `[from, from + size]`.
 enum Span {
     /// Inside the window.
@@ -93,23 +104,28 @@ enum Span {
 /// Sizes need not be powers of two. Any size of this type is usable for the cursor arithmetic;
 /// only sizes accepted by [`RingSize::negotiable`] are exchanged in the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RingSize(u32);
+pub struct RingSize(NonZeroU32);
 
 impl RingSize {
+    /// The largest ring size; checked at compile time.
+    const MAX: Self = match Self::new(RING_SIZE_MAX) {
+        Some(size) => size,
+        None => panic!(),
+    };
+
     /// Returns the ring size of `bytes` bytes, or `None` if it is 0 or above [`RING_SIZE_MAX`].
     pub const fn new(bytes: u32) -> Option<Self> {
-        if bytes == 0 || bytes > RING_SIZE_MAX {
-            None
-        } else {
-            Some(Self(bytes))
+        match NonZeroU32::new(bytes) {
+            Some(bytes) if bytes.get() <= RING_SIZE_MAX => Some(Self(bytes)),
+            _ => None,
         }
     }
 
     /// Returns the ring size of `bytes` bytes if it may appear in a handshake: within
     /// [`RING_SIZE_MIN`]..=[`RING_SIZE_MAX`] and a multiple of [`RING_SIZE_ALIGN`].
     pub const fn negotiable(bytes: u32) -> Option<Self> {
-        if bytes >= RING_SIZE_MIN && bytes <= RING_SIZE_MAX && bytes % RING_SIZE_ALIGN == 0 {
-            Some(Self(bytes))
+        if bytes >= RING_SIZE_MIN && bytes % RING_SIZE_ALIGN == 0 {
+            Self::new(bytes)
         } else {
             None
         }
@@ -127,28 +143,38 @@ impl RingSize {
             bytes
         };
         // Cannot overflow or exceed the maximum: the maximum is itself a multiple of the granule.
-        Self(clamped.next_multiple_of(RING_SIZE_ALIGN))
+        // Nor can it be 0, as the minimum is not: `new` always succeeds, and the fallback only
+        // spares a panic path (were it taken, the maximum would still be the clamped size).
+        match Self::new(clamped.next_multiple_of(RING_SIZE_ALIGN)) {
+            Some(size) => size,
+            None => Self::MAX,
+        }
     }
 
     /// Returns the size in bytes.
     pub const fn get(self) -> u32 {
-        self.0
+        self.0.get()
+    }
+
+    /// Returns the size in bytes as a divisor for 64-bit cursor arithmetic.
+    fn wide(self) -> NonZeroU64 {
+        NonZeroU64::from(self.0)
     }
 
     /// Returns whether this size may appear in a handshake (see [`RingSize::negotiable`]).
     pub const fn is_negotiable(self) -> bool {
-        Self::negotiable(self.0).is_some()
+        Self::negotiable(self.get()).is_some()
     }
 
     /// Returns whether `cursor` points inside this ring.
     pub const fn contains(self, cursor: Cursor) -> bool {
-        cursor.count < self.0
+        cursor.count < self.get()
     }
 
     /// Returns `cursor` moved forward by `n` bytes, bumping the wrap counter (modulo 2^16) once
     /// per pass over the end of the ring.
     pub fn advance(self, cursor: Cursor, n: u32) -> Cursor {
-        let size = u64::from(self.0);
+        let size = self.wide();
         let total = u64::from(cursor.count) + u64::from(n);
         // The remainder is below `size`, so it fits; the wrap counter is defined modulo 2^16,
         // hence the truncation of the number of passes.
@@ -165,7 +191,7 @@ impl RingSize {
             return None;
         }
         match self.span(old, new) {
-            // `Within` means at most `self.0` bytes, which fits.
+            // `Within` means at most `self.get()` bytes, which fits.
             Span::Within => Some(self.forward(old, new) as u32),
             Span::Behind | Span::Beyond => None,
         }
@@ -188,7 +214,7 @@ impl RingSize {
     /// overwriting unread data.
     pub fn writable(self, prod: Cursor, peer_cons: Cursor) -> u32 {
         self.diff(peer_cons, prod)
-            .and_then(|used| self.0.checked_sub(used))
+            .and_then(|used| self.get().checked_sub(used))
             .unwrap_or(0)
     }
 
@@ -197,10 +223,10 @@ impl RingSize {
     ///
     /// Returns `None` if `offset` is outside the ring or `len` exceeds the ring size.
     pub fn split(self, offset: u32, len: u32) -> Option<Segments> {
-        if len > self.0 {
+        if len > self.get() {
             return None;
         }
-        let to_end = self.0.checked_sub(offset).filter(|&n| n > 0)?;
+        let to_end = self.get().checked_sub(offset).filter(|&n| n > 0)?;
         Some(if len <= to_end {
             Segments {
                 first: Segment { offset, len },
@@ -275,29 +301,30 @@ impl RingSize {
     }
 
     /// Number of distinct cursor positions: `2^16 * size`, at most 2^36.
-    fn space(self) -> u64 {
-        u64::from(self.0) << 16
+    fn space(self) -> NonZeroU64 {
+        // Cannot saturate: the product is at most 2^36.
+        self.wide().saturating_mul(WRAPS)
     }
 
     /// Linear position of `cursor` in the cursor space.
     fn position(self, cursor: Cursor) -> u64 {
         // Reduced modulo the space so that even an out-of-ring `count` cannot make `forward`
         // underflow.
-        (u64::from(cursor.wrap) * u64::from(self.0) + u64::from(cursor.count)) % self.space()
+        (u64::from(cursor.wrap) * u64::from(self.get()) + u64::from(cursor.count)) % self.space()
     }
 
     /// Distance from `from` forward to `to`, modulo the cursor space.
     fn forward(self, from: Cursor, to: Cursor) -> u64 {
-        (self.position(to) + self.space() - self.position(from)) % self.space()
+        (self.position(to) + self.space().get() - self.position(from)) % self.space()
     }
 
     /// Classifies `to` against the window `[from, from + size]`: anything in the half of the
     /// cursor space ahead of `from` counts as ahead, the other half as behind.
     fn span(self, from: Cursor, to: Cursor) -> Span {
         let ahead = self.forward(from, to);
-        if ahead <= u64::from(self.0) {
+        if ahead <= u64::from(self.get()) {
             Span::Within
-        } else if ahead < self.space() / 2 {
+        } else if ahead < self.space().get() / 2 {
             Span::Beyond
         } else {
             Span::Behind
@@ -309,6 +336,15 @@ impl RingSize {
 #[cfg_attr(CONFIG_KUNIT, kernel::prelude::kunit_tests(rsmc_proto_ring))]
 mod tests {
     use super::*;
+
+    /// Returns the ring size of `bytes` bytes; for constants only, so that an invalid size fails
+    /// the build.
+    const fn size(bytes: u32) -> RingSize {
+        match RingSize::new(bytes) {
+            Some(ring) => ring,
+            None => panic!(),
+        }
+    }
 
     /// Deterministic xorshift64 generator for reproducible random operation sequences.
     struct XorShift(u64);
@@ -325,13 +361,14 @@ mod tests {
 
         /// Uniform-ish value in `0..=max`.
         fn up_to(&mut self, max: u32) -> u32 {
-            (self.next() % (u64::from(max) + 1)) as u32
+            // `max + 1` cannot saturate, being at most 2^32.
+            (self.next() % NonZeroU64::MIN.saturating_add(u64::from(max))) as u32
         }
     }
 
     /// Cursor a model ring reaches after `total` bytes from `Cursor::ZERO`.
     fn model_cursor(ring: RingSize, total: u64) -> Cursor {
-        let size = u64::from(ring.get());
+        let size = ring.wide();
         Cursor {
             wrap: ((total / size) % 0x1_0000) as u16,
             count: (total % size) as u32,
@@ -349,7 +386,10 @@ mod tests {
         assert!(RingSize::negotiable(RING_SIZE_MIN).is_some());
         assert!(RingSize::negotiable(RING_SIZE_MAX).is_some());
         assert!(RingSize::negotiable(20 * 1024).is_some());
-        assert!(!RingSize(1000).is_negotiable());
+        assert_eq!(
+            RingSize::new(1000).map(RingSize::is_negotiable),
+            Some(false)
+        );
     }
 
     #[test]
@@ -373,7 +413,7 @@ mod tests {
 
     #[test]
     fn wraps_at_ring_end() {
-        let ring = RingSize(100);
+        let ring = const { size(100) };
         let c = ring.advance(Cursor { wrap: 3, count: 90 }, 10);
         assert_eq!(c, Cursor { wrap: 4, count: 0 });
         let c = ring.advance(Cursor { wrap: 3, count: 90 }, 15);
@@ -394,7 +434,7 @@ mod tests {
 
     #[test]
     fn empty_and_full() {
-        let ring = RingSize(RING_SIZE_MIN);
+        let ring = const { size(RING_SIZE_MIN) };
         let cons = Cursor {
             wrap: 7,
             count: 100,
@@ -421,7 +461,7 @@ mod tests {
 
     #[test]
     fn inconsistent_cursors_fail_closed() {
-        let ring = RingSize(100);
+        let ring = const { size(100) };
         let cons = Cursor { wrap: 1, count: 50 };
         let behind = Cursor { wrap: 1, count: 49 };
         let past_full = Cursor { wrap: 2, count: 51 };
@@ -445,7 +485,7 @@ mod tests {
 
     #[test]
     fn wrap_counter_overflow() {
-        let ring = RingSize(RING_SIZE_MAX);
+        let ring = const { size(RING_SIZE_MAX) };
         let last = Cursor {
             wrap: u16::MAX,
             count: RING_SIZE_MAX - 10,
@@ -466,7 +506,7 @@ mod tests {
 
     #[test]
     fn segment_split() {
-        let ring = RingSize(100);
+        let ring = const { size(100) };
         let whole = ring.split(0, 100);
         assert_eq!(
             whole,
@@ -523,7 +563,7 @@ mod tests {
 
     #[test]
     fn peer_producer_checks() {
-        let ring = RingSize(100);
+        let ring = const { size(100) };
         let cons = Cursor { wrap: 5, count: 80 };
         let prev = Cursor { wrap: 5, count: 90 };
         let ok = Cursor { wrap: 6, count: 80 };
@@ -564,7 +604,7 @@ mod tests {
 
     #[test]
     fn peer_consumer_checks() {
-        let ring = RingSize(100);
+        let ring = const { size(100) };
         let prod = Cursor { wrap: 9, count: 10 };
         let prev = Cursor { wrap: 8, count: 50 };
         let ok = Cursor { wrap: 8, count: 99 };
@@ -602,8 +642,18 @@ mod tests {
     #[test]
     fn random_ops_match_model() {
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-        for bytes in [1, 7, 61, 4096, RING_SIZE_MIN, RING_SIZE_MAX] {
-            let ring = RingSize(bytes);
+        let rings = const {
+            [
+                size(1),
+                size(7),
+                size(61),
+                size(4096),
+                size(RING_SIZE_MIN),
+                size(RING_SIZE_MAX),
+            ]
+        };
+        for ring in rings {
+            let bytes = ring.get();
             let size64 = u64::from(bytes);
             // Start a few rings before the wrap counter overflows.
             let start = size64 * 0xFFF0 + size64 / 3;
@@ -656,7 +706,7 @@ mod tests {
     #[test]
     fn bytes_round_trip_through_ring() {
         const SIZE: usize = 61;
-        let ring = RingSize(SIZE as u32);
+        let ring = const { size(SIZE as u32) };
         let mut buf = [0u8; SIZE];
         let mut rng = XorShift(0x0123_4567_89AB_CDEF);
         let mut prod = Cursor {
