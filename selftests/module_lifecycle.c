@@ -52,6 +52,10 @@ TEST(open_socket_pins_module)
 	close(fd);
 }
 
+/*
+ * The loser's init fails with -EEXIST from sock_register(), which the module loader reports
+ * to userspace as EBUSY (EEXIST means "a module of that name is loaded").
+ */
 TEST(stock_smc_and_rsmc_exclude_each_other)
 {
 	int fd;
@@ -59,15 +63,19 @@ TEST(stock_smc_and_rsmc_exclude_each_other)
 	/* rsmc owns AF_SMC: stock smc.ko cannot load. */
 	errno = 0;
 	EXPECT_EQ(-1, load_smc());
-	EXPECT_EQ(EEXIST, errno) TH_LOG("smc.ko: %s", strerror(errno));
+	EXPECT_EQ(EBUSY, errno) TH_LOG("smc.ko: %s", strerror(errno));
+	EXPECT_EQ(-1, access("/sys/module/smc", F_OK));
 
-	/* Stock smc.ko owns AF_SMC: rsmc cannot load. */
+	/* Stock smc.ko owns AF_SMC: rsmc cannot load, and says why. */
 	ASSERT_EQ(0, rsmc_delete_module("rsmc")) TH_LOG("rmmod rsmc: %s", strerror(errno));
 	ASSERT_EQ(0, load_smc()) TH_LOG("smc.ko: %s", strerror(errno));
 	errno = 0;
 	EXPECT_EQ(-1, rsmc_load_module(rsmc_ko()));
-	EXPECT_EQ(EEXIST, errno);
-	EXPECT_EQ(-1, rsmc_device_napi_id("rxe_a"));
+	EXPECT_EQ(EBUSY, errno);
+	EXPECT_EQ(-1, access("/sys/module/rsmc", F_OK));
+	EXPECT_EQ(0, system("dmesg | grep -q 'rsmc: AF_SMC is already registered'"));
+	/* Nothing of the failed load stays behind. */
+	EXPECT_EQ(-1, access("/sys/kernel/debug/rsmc", F_OK));
 
 	/* Back to rsmc. */
 	ASSERT_EQ(0, rsmc_delete_module("smc")) TH_LOG("rmmod smc: %s", strerror(errno));
@@ -75,6 +83,7 @@ TEST(stock_smc_and_rsmc_exclude_each_other)
 	fd = socket(AF_SMC, SOCK_STREAM, 0);
 	EXPECT_LE(0, fd);
 	close(fd);
+	EXPECT_LE(0, rsmc_device_napi_id("rxe_a"));
 }
 
 TEST_HARNESS_MAIN
