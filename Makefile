@@ -44,8 +44,9 @@ clippy:
 	+$(MAKE) module CLIPPY=1
 	cd rust/proto && cargo clippy --all-targets -- -D warnings
 
+# rustfmt follows `mod` declarations from the crate roots (config: .rustfmt.toml).
 fmt:
-	rustfmt --edition 2021 --check rust/rsmc_main.rs rust/proto/host.rs
+	rustfmt --check rust/rsmc_main.rs rust/proto/host.rs
 
 clean:
 	rm -rf $(RSMC_CACHE)/obj rust/proto/target selftests/out

@@ -17,7 +17,7 @@ impl Debugfs {
     pub(crate) fn new() -> impl PinInit<Self, Error> {
         let dir = debugfs::Dir::new(c"rsmc");
         try_pin_init!(Self {
-            devices <- dir.read_callback_file(c"devices", (), &|_: &(), f| {
+            devices <- dir.read_callback_file(c"devices", (), &|(): &(), f| {
                 crate::ib::show_devices(f)
             }),
             dir,

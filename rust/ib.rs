@@ -56,7 +56,11 @@ impl IbClient for RsmcClient {
     fn add(ibdev: &IbDevice) -> Result<Arc<Device>> {
         let device = Device::new(ibdev)?;
         DEVICES.lock().push(device.clone(), GFP_KERNEL)?;
-        pr_info!("device {} added, napi_id {}\n", device.name(), device.napi.id());
+        pr_info!(
+            "device {} added, napi_id {}\n",
+            device.name(),
+            device.napi.id()
+        );
         Ok(device)
     }
 

@@ -21,7 +21,7 @@ fail() {
 
 # Tier 1: host tests of the pure protocol core.
 host_log=$(mktemp)
-trap 'rm -f "$host_log" "${vm_log:-}"' EXIT
+trap 'rm -f "$host_log" "${vm_log:-}" "${build_log:-}"' EXIT
 (cd rust/proto && cargo test 2>&1) | tee "$host_log"
 read -r hp hf < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
 	END { print p + 0, f + 0 }' "$host_log")
@@ -31,13 +31,27 @@ passed=$((passed + hp))
 failed=$((failed + hf))
 summary+=("host (cargo test): $hp passed, $hf failed")
 
-# Build what the VM needs; a build failure is a failure of everything after it.
-if ! module=$("$here/module.sh" "${flavour[@]}") || ! make -s -C selftests; then
+# Build what the VM needs, with clippy; a build failure fails everything after it, and any
+# compiler, clippy or objtool warning is a failure too.
+build_log=$(mktemp)
+if ! module=$("$here/module.sh" "${flavour[@]}" CLIPPY=1 2> >(tee "$build_log" >&2)) ||
+	! make -s -C selftests; then
 	fail "build"
 	printf '%s\n' "${summary[@]}"
 	echo "$passed passed, $failed failed"
 	exit 1
 fi
+if grep -q 'warning' "$build_log"; then
+	fail "module build has warnings"
+else
+	passed=$((passed + 1))
+fi
+if rustfmt --check rust/rsmc_main.rs rust/proto/host.rs >/dev/null; then
+	passed=$((passed + 1))
+else
+	fail "rustfmt: run 'rustfmt rust/rsmc_main.rs rust/proto/host.rs'"
+fi
+summary+=("lint (clippy build, rustfmt): see above")
 
 # Tier 2 and 3: KUnit (run at insmod) and kselftests, in one VM boot.
 vm_log=$(mktemp)

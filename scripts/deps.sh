@@ -14,7 +14,7 @@ mkdir -p "$cache"
 log() { printf 'deps: %s\n' "$*" >&2; }
 
 # Bump when the package list changes so old stamps are ignored.
-deps_version=3
+deps_version=4
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$deps_version" ] && [ -z "${RSMC_DEPS_FORCE:-}" ]; then
 	exit 0
 fi
@@ -23,7 +23,7 @@ fi
 
 packages=(
 	build-essential bc flex bison libelf-dev libssl-dev cpio kmod rsync python3-venv
-	rustc-web rust-web-src cargo-web
+	rustc-web rust-web-src cargo-web rust-web-clippy
 	clang-19 lld-19 llvm-19 libclang-19-dev
 	qemu-system-x86
 	rdma-core ibverbs-utils rdmacm-utils perftest qperf iproute2 iperf3 liburing-dev

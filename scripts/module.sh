@@ -16,5 +16,6 @@ kdir=$(cd "$kdir" && pwd)
 # Objects go outside the repository, one directory per kernel they target.
 out=$RSMC_CACHE/obj/${kdir//\//_}
 mkdir -p "$out"
-make -s -C "$kdir" M="$top" MO="$out" LLVM="$KLLVM" RUSTC="$KRUSTC" "$@" modules >&2
+make -s -C "$kdir" M="$top" MO="$out" LLVM="$KLLVM" RUSTC="$KRUSTC" CLIPPY_DRIVER=/usr/bin/clippy-driver \
+	"$@" modules >&2
 echo "$out/rsmc.ko"

@@ -57,7 +57,11 @@ impl ClientTable {
         // SAFETY: All-zero is a valid `ib_client` (null callbacks, empty list heads that
         // `ib_register_client` initialises).
         let mut client: sys::ib_client = unsafe { core::mem::zeroed() };
-        client.name = name.as_ptr().cast();
+        // `as_char_ptr` is not `const`; `as_ptr` gives the same pointer, and the cast takes
+        // care of the kernel's unsigned `char`.
+        #[allow(clippy::disallowed_methods)]
+        let name_ptr = name.as_ptr().cast();
+        client.name = name_ptr;
         client.add = Some(add_callback::<T>);
         client.remove = Some(remove_callback::<T>);
         Self(StaticCell::new(client))

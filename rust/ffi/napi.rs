@@ -104,7 +104,10 @@ pub(crate) fn min_napi_id() -> u32 {
 /// # Safety
 ///
 /// Called by the NAPI core with a NAPI added by [`Napi::new`] for the same `T`.
-unsafe extern "C" fn poll_callback<T: NapiPoll>(napi: *mut sys::napi_struct, budget: c_int) -> c_int {
+unsafe extern "C" fn poll_callback<T: NapiPoll>(
+    napi: *mut sys::napi_struct,
+    budget: c_int,
+) -> c_int {
     // SAFETY: `napi` is the first field of the `NapiPriv<T>` in its netdev's private area,
     // and the poller outlives the NAPI (see `Drop for Napi`).
     let poller = unsafe { &*(*napi.cast::<NapiPriv<T>>()).poller };

@@ -55,8 +55,11 @@ impl FamilyTables {
         let owner = module.as_ptr().cast::<sys::module>();
         // SAFETY: All-zero is a valid value for these C structs (null pointers, zero sizes);
         // the fields that matter are set below.
-        let (mut family, mut proto, mut ops): (sys::net_proto_family, sys::proto, sys::proto_ops) =
-            unsafe { (core::mem::zeroed(), core::mem::zeroed(), core::mem::zeroed()) };
+        let mut family: sys::net_proto_family = unsafe { core::mem::zeroed() };
+        // SAFETY: As above.
+        let mut proto: sys::proto = unsafe { core::mem::zeroed() };
+        // SAFETY: As above.
+        let mut ops: sys::proto_ops = unsafe { core::mem::zeroed() };
 
         family.family = T::FAMILY;
         family.owner = owner;
@@ -103,7 +106,7 @@ unsafe extern "C" fn create_callback<T: SocketFamily>(
 ) -> c_int {
     from_result(|| {
         // SAFETY: `sock` is valid per the function's safety requirements.
-        let sock_type = unsafe { (*sock).type_ } as i32;
+        let sock_type = i32::from(unsafe { (*sock).type_ });
         T::check_create(sock_type, protocol)?;
 
         let tables = T::TABLES;
