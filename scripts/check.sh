@@ -41,17 +41,24 @@ if ! module=$("$here/module.sh" "${flavour[@]}" CLIPPY=1 2> >(tee "$build_log" >
 	echo "$passed passed, $failed failed"
 	exit 1
 fi
+lp=0
 if grep -q 'warning' "$build_log"; then
-	fail "module build has warnings"
+	fail "module build (CLIPPY=1) has warnings"
 else
-	passed=$((passed + 1))
+	lp=$((lp + 1))
+fi
+if (cd rust/proto && cargo clippy -q --all-targets -- -D warnings); then
+	lp=$((lp + 1))
+else
+	fail "host clippy"
 fi
 if rustfmt --check rust/rsmc_main.rs rust/proto/host.rs >/dev/null; then
-	passed=$((passed + 1))
+	lp=$((lp + 1))
 else
 	fail "rustfmt: run 'rustfmt rust/rsmc_main.rs rust/proto/host.rs'"
 fi
-summary+=("lint (clippy build, rustfmt): see above")
+passed=$((passed + lp))
+summary+=("lint (module clippy, host clippy, rustfmt): $lp of 3 clean")
 
 # Tier 2 and 3: KUnit (run at insmod) and kselftests, in one VM boot.
 vm_log=$(mktemp)
