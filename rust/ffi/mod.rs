@@ -9,6 +9,7 @@
 mod sys;
 
 pub(crate) mod ib;
+pub(crate) mod kernel_socket;
 pub(crate) mod napi;
 pub(crate) mod sock;
 

@@ -43,3 +43,13 @@ void rsmc_netif_napi_del(struct napi_struct *napi)
 {
 	netif_napi_del(napi);
 }
+
+void rsmc_sock_set_custom_sockopt(struct socket *sock)
+{
+	set_bit(SOCK_CUSTOM_SOCKOPT, &sock->flags);
+}
+
+sockptr_t rsmc_user_sockptr(void __user *ptr)
+{
+	return USER_SOCKPTR(ptr);
+}

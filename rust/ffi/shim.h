@@ -8,6 +8,7 @@
 
 #include <linux/netdevice.h>
 #include <net/sock.h>
+#include <linux/sockptr.h>
 #include <rdma/ib_verbs.h>
 
 unsigned int rsmc_min_napi_id(void);
@@ -19,5 +20,7 @@ void rsmc_sock_put(struct sock *sk);
 void *rsmc_netdev_priv(struct net_device *dev);
 void rsmc_napi_schedule(struct napi_struct *napi);
 void rsmc_netif_napi_del(struct napi_struct *napi);
+void rsmc_sock_set_custom_sockopt(struct socket *sock);
+sockptr_t rsmc_user_sockptr(void __user *ptr);
 
 #endif /* RSMC_SHIM_H */

@@ -1,31 +1,156 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Socket family registration: `net_proto_family`, `proto` and `proto_ops`.
+//! Socket family registration (`net_proto_family`, `proto`, `proto_ops`) and the socket
+//! operations of a family, turned into a trait.
 //!
 //! The C tables live in a [`FamilyTables`] static built at compile time from a
-//! [`SocketFamily`] implementation; the trampolines here turn C calls into trait calls.
+//! [`SocketFamily`] implementation; the trampolines here turn C calls into trait calls. Each
+//! socket's `struct sock` is followed by the family's per-socket [`SocketFamily::State`].
 
-use super::{sys, StaticCell};
-use kernel::{error::from_result, ffi::c_int, prelude::*, ThisModule};
+use super::{
+    kernel_socket::{File, MsgHdr, PollTable, SockAddr, SockAddrOut, SockPtr, UserPtr},
+    sys, StaticCell,
+};
+use core::mem::{size_of, MaybeUninit};
+use kernel::{
+    error::{from_result, to_result},
+    ffi::{c_int, c_uint, c_ulong, c_void},
+    prelude::*,
+    ThisModule,
+};
+
+/// `SOL_SOCKET`.
+pub(crate) const SOL_SOCKET: i32 = 1;
+
+/// A `struct sock` followed by its family's Rust state (`proto::obj_size` covers both).
+#[repr(C)]
+struct SockWithState<S> {
+    sk: sys::sock,
+    state: MaybeUninit<S>,
+}
+
+/// A socket of family `T`, borrowed for the duration of a socket call.
+///
+/// # Invariants
+///
+/// `sock` is a valid `struct socket` whose `sk` was created by [`create_callback`] for `T`
+/// (so its state is initialised) and stays valid for the borrow.
+pub(crate) struct Socket<'a, T: SocketFamily> {
+    sock: *mut sys::socket,
+    state: &'a T::State,
+}
+
+impl<'a, T: SocketFamily> Socket<'a, T> {
+    /// # Safety
+    ///
+    /// `sock` must satisfy the type invariant for `'a`.
+    unsafe fn from_raw(sock: *mut sys::socket) -> Self {
+        // SAFETY: Per the type invariant `sk` is a `SockWithState<T::State>` whose state was
+        // initialised at creation and is dropped only in `release_callback`.
+        let state = unsafe {
+            (*(*sock).sk.cast::<SockWithState<T::State>>())
+                .state
+                .assume_init_ref()
+        };
+        Self { sock, state }
+    }
+
+    /// The family's state of this socket.
+    pub(crate) fn state(&self) -> &'a T::State {
+        self.state
+    }
+
+    /// `setsockopt(SOL_SOCKET, …)` on this socket itself (`sock_setsockopt`).
+    pub(crate) fn set_socket_option(&self, name: i32, val: SockPtr, len: u32) -> Result {
+        // SAFETY: The socket is valid by the type invariant; `val` is the caller's pointer.
+        to_result(unsafe { sys::sock_setsockopt(self.sock, SOL_SOCKET, name, val.as_raw(), len) })
+    }
+
+    /// The socket's `struct sock`, for kernel calls made on its behalf.
+    pub(crate) fn sk(&self) -> SockRef {
+        // SAFETY: The socket is valid by the type invariant.
+        SockRef(unsafe { (*self.sock).sk })
+    }
+}
+
+/// A `struct sock` reference for the FFI layer's own calls (namespace, error reporting).
+///
+/// # Invariants
+///
+/// `0` is a valid `struct sock` for as long as the value is used.
+pub(crate) struct SockRef(*mut sys::sock);
+
+impl SockRef {
+    /// The socket's network namespace.
+    pub(super) fn net(&self) -> *mut sys::net {
+        // SAFETY: `sk` is valid by the type invariant; its namespace is fixed at creation.
+        unsafe { (*self.0).__sk_common.skc_net.net }
+    }
+
+    /// Sets the socket's pending error (`SO_ERROR`) unless one is pending already.
+    pub(crate) fn set_error(&self, err: Error) {
+        // SAFETY: `sk` is valid by the type invariant; `sk_err` is an int read and written
+        // racily by design in the socket layer.
+        unsafe {
+            let sk_err = &raw mut (*self.0).sk_err;
+            if core::ptr::read_volatile(sk_err) == 0 {
+                core::ptr::write_volatile(sk_err, -err.to_errno());
+            }
+        }
+    }
+}
 
 /// What a socket family implements; the FFI layer does the C plumbing around it.
-pub(crate) trait SocketFamily: 'static {
+///
+/// Every operation runs in process context on behalf of a system call.
+pub(crate) trait SocketFamily: Sized + 'static {
     /// The address family number (`AF_*`).
     const FAMILY: i32;
     /// The C tables registered for this family.
     const TABLES: &'static FamilyTables;
+    /// Per-socket state, created with the socket and dropped when it is closed.
+    type State: Send + Sync;
 
     /// Validates a `socket(2)` call before a socket is allocated.
-    ///
-    /// `sock_type` is `SOCK_STREAM` etc., `protocol` the third argument of `socket(2)`.
     fn check_create(sock_type: i32, protocol: i32) -> Result;
+    /// Creates the state of a new socket (`socket(2)`, `protocol` as checked).
+    fn new_state(sk: &SockRef, protocol: i32) -> Result<Self::State>;
+    /// `bind(2)`.
+    fn bind(sock: &Socket<'_, Self>, addr: &mut SockAddr, len: i32) -> Result;
+    /// `connect(2)`; `flags` are the file flags (`O_NONBLOCK`).
+    fn connect(sock: &Socket<'_, Self>, addr: &mut SockAddr, len: i32, flags: i32) -> Result;
+    /// `listen(2)`.
+    fn listen(sock: &Socket<'_, Self>, backlog: i32) -> Result;
+    /// `accept(2)`: returns the state of the accepted socket.
+    fn accept(sock: &Socket<'_, Self>, flags: i32) -> Result<Self::State>;
+    /// `getsockname(2)` (`peer` false) or `getpeername(2)`; returns the address length.
+    fn getname(sock: &Socket<'_, Self>, addr: &mut SockAddrOut, peer: bool) -> Result<i32>;
+    /// Readiness for `poll`/`select`/`epoll` (`EPOLL*` bits).
+    fn poll(sock: &Socket<'_, Self>, file: &mut File, wait: Option<&mut PollTable>) -> u32;
+    /// `shutdown(2)`.
+    fn shutdown(sock: &Socket<'_, Self>, how: i32) -> Result;
+    /// `setsockopt(2)` at any level (the family handles `SOL_SOCKET` itself).
+    fn setsockopt(sock: &Socket<'_, Self>, level: i32, name: i32, val: SockPtr, len: u32)
+        -> Result;
+    /// `getsockopt(2)` at levels other than `SOL_SOCKET` (the socket layer answers those).
+    fn getsockopt(
+        sock: &Socket<'_, Self>,
+        level: i32,
+        name: i32,
+        val: UserPtr,
+        len: UserPtr,
+    ) -> Result;
+    /// `sendmsg(2)`; returns the bytes sent.
+    fn sendmsg(sock: &Socket<'_, Self>, msg: &mut MsgHdr, len: usize) -> Result<usize>;
+    /// `recvmsg(2)`; returns the bytes received.
+    fn recvmsg(sock: &Socket<'_, Self>, msg: &mut MsgHdr, len: usize, flags: i32) -> Result<usize>;
+    /// `ioctl(2)`.
+    fn ioctl(sock: &Socket<'_, Self>, cmd: u32, arg: usize) -> Result<i32>;
+    /// Last close: the state is dropped right after this returns.
+    fn release(sock: &Socket<'_, Self>);
 }
 
 /// The C tables of one socket family.
-///
-/// # Invariants
-///
-/// The tables are only modified by the C code they are registered with.
 pub(crate) struct FamilyTables {
     family: sys::net_proto_family,
     proto: StaticCell<sys::proto>,
@@ -67,22 +192,25 @@ impl FamilyTables {
 
         proto.name = c_name(name);
         proto.owner = owner;
-        proto.obj_size = core::mem::size_of::<sys::sock>() as u32;
+        // CAST: A `struct sock` plus state is far below 4 GiB.
+        proto.obj_size = size_of::<SockWithState<T::State>>() as c_uint;
 
-        // Operations rsmc does not offer yet answer like any socket without them.
         ops.family = T::FAMILY;
         ops.owner = owner;
-        ops.release = Some(release_callback);
-        ops.bind = Some(sys::sock_no_bind);
-        ops.connect = Some(sys::sock_no_connect);
+        ops.release = Some(release_callback::<T>);
+        ops.bind = Some(bind_callback::<T>);
+        ops.connect = Some(connect_callback::<T>);
         ops.socketpair = Some(sys::sock_no_socketpair);
-        ops.accept = Some(sys::sock_no_accept);
-        ops.getname = Some(sys::sock_no_getname);
-        ops.ioctl = Some(sys::sock_no_ioctl);
-        ops.listen = Some(sys::sock_no_listen);
-        ops.shutdown = Some(sys::sock_no_shutdown);
-        ops.sendmsg = Some(sys::sock_no_sendmsg);
-        ops.recvmsg = Some(sys::sock_no_recvmsg);
+        ops.accept = Some(accept_callback::<T>);
+        ops.getname = Some(getname_callback::<T>);
+        ops.poll = Some(poll_callback::<T>);
+        ops.ioctl = Some(ioctl_callback::<T>);
+        ops.listen = Some(listen_callback::<T>);
+        ops.shutdown = Some(shutdown_callback::<T>);
+        ops.setsockopt = Some(setsockopt_callback::<T>);
+        ops.getsockopt = Some(getsockopt_callback::<T>);
+        ops.sendmsg = Some(sendmsg_callback::<T>);
+        ops.recvmsg = Some(recvmsg_callback::<T>);
         ops.mmap = Some(sys::sock_no_mmap);
 
         Self {
@@ -93,7 +221,63 @@ impl FamilyTables {
     }
 }
 
-/// `net_proto_family::create`: allocates the `struct sock` for a new socket.
+/// Allocates the `struct sock` with `T`'s `state` for `sock` and attaches it.
+///
+/// # Safety
+///
+/// `net` must be valid and `sock` a fresh socket of family `T` without an `sk`.
+unsafe fn attach_sk<T: SocketFamily>(
+    net: *mut sys::net,
+    sock: *mut sys::socket,
+    protocol: c_int,
+    kern: c_int,
+    make_state: impl FnOnce(&SockRef) -> Result<T::State>,
+) -> Result {
+    let tables = T::TABLES;
+    // SAFETY: `net` is valid; `tables.proto` was registered by `FamilyRegistration::new`
+    // (no socket of this family exists before that).
+    let sk = unsafe {
+        sys::sk_alloc(
+            net,
+            T::FAMILY,
+            kernel::bindings::GFP_KERNEL,
+            tables.proto.get(),
+            kern,
+        )
+    };
+    if sk.is_null() {
+        return Err(ENOBUFS);
+    }
+    // SAFETY: `sk` is fresh (zeroed by `sk_alloc`), `sock` has no `sk` yet; the ops table
+    // is `'static`. `sock_init_data` sets the socket's callbacks and links both.
+    unsafe {
+        (*sock).state = sys::socket_state_SS_UNCONNECTED;
+        (*sock).ops = &tables.ops;
+        sys::sock_init_data(sock, sk);
+        // CAST: protocol was checked by `check_create` (0 or 1 for AF_SMC).
+        (*sk).sk_protocol = protocol as u16;
+        sys::rsmc_sock_set_custom_sockopt(sock);
+    }
+    match make_state(&SockRef(sk)) {
+        Ok(state) => {
+            // SAFETY: `sk` was allocated with room for `SockWithState<T::State>`.
+            unsafe { (*sk.cast::<SockWithState<T::State>>()).state.write(state) };
+            Ok(())
+        }
+        Err(err) => {
+            // SAFETY: The state was never initialised, so release must not drop it: detach
+            // the sk and free it here.
+            unsafe {
+                (*sock).sk = core::ptr::null_mut();
+                sys::rsmc_sock_orphan(sk);
+                sys::rsmc_sock_put(sk);
+            }
+            Err(err)
+        }
+    }
+}
+
+/// `net_proto_family::create`: a `socket(2)` call.
 ///
 /// # Safety
 ///
@@ -108,54 +292,181 @@ unsafe extern "C" fn create_callback<T: SocketFamily>(
         // SAFETY: `sock` is valid per the function's safety requirements.
         let sock_type = i32::from(unsafe { (*sock).type_ });
         T::check_create(sock_type, protocol)?;
-
-        let tables = T::TABLES;
-        // SAFETY: `net` is valid; `tables.proto` was registered by `FamilyRegistration::new`
-        // (a socket of this family cannot be created before that).
-        let sk = unsafe {
-            sys::sk_alloc(
-                net,
-                T::FAMILY,
-                kernel::bindings::GFP_KERNEL,
-                tables.proto.get(),
-                kern,
-            )
-        };
-        if sk.is_null() {
-            return Err(ENOBUFS);
-        }
-        // SAFETY: `sock` is valid and `sk` is the fresh sock just allocated for it. The ops
-        // table is `'static`.
-        unsafe {
-            (*sock).state = sys::socket_state_SS_UNCONNECTED;
-            (*sock).ops = &tables.ops;
-            sys::sock_init_data(sock, sk);
-            // CAST: protocol was checked by `check_create` (0 or 1 for AF_SMC).
-            (*sk).sk_protocol = protocol as u16;
-        }
+        // SAFETY: As required by `attach_sk`, per this function's safety requirements.
+        unsafe { attach_sk::<T>(net, sock, protocol, kern, |sk| T::new_state(sk, protocol))? };
         Ok(0)
     })
 }
 
-/// `proto_ops::release`: detaches and drops the `struct sock` when the socket is closed.
+/// `proto_ops::release`: the last close of the socket.
 ///
 /// # Safety
 ///
-/// Called by the socket layer with a valid `sock` created by [`create_callback`].
-unsafe extern "C" fn release_callback(sock: *mut sys::socket) -> c_int {
+/// Called by the socket layer, once, with a socket created by [`create_callback`] or
+/// [`accept_callback`] (or one whose `sk` is null).
+unsafe extern "C" fn release_callback<T: SocketFamily>(sock: *mut sys::socket) -> c_int {
     // SAFETY: `sock` is valid per the function's safety requirements.
     let sk = unsafe { (*sock).sk };
     if sk.is_null() {
         return 0;
     }
-    // SAFETY: `sk` is the socket's sock and holds the reference taken by `sk_alloc`, which
-    // `sock_put` drops; nothing touches `sk` after that.
+    {
+        // SAFETY: `sk` is ours, with initialised state.
+        let socket = unsafe { Socket::<T>::from_raw(sock) };
+        T::release(&socket);
+    }
+    // SAFETY: No other socket call runs during release (the file is gone), so nothing else
+    // borrows the state; it is dropped exactly once, here. Then `sk` is detached and the
+    // reference from `sk_alloc` dropped.
     unsafe {
+        (*sk.cast::<SockWithState<T::State>>())
+            .state
+            .assume_init_drop();
         sys::rsmc_sock_orphan(sk);
         (*sock).sk = core::ptr::null_mut();
         sys::rsmc_sock_put(sk);
     }
     0
+}
+
+/// Generates a trampoline for a socket call that takes the socket first.
+macro_rules! socket_call {
+    ($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty, |$sock:ident| $body:expr) => {
+        /// # Safety
+        ///
+        /// Called by the socket layer with a live socket of family `T` and valid arguments.
+        unsafe extern "C" fn $name<T: SocketFamily>(sock: *mut sys::socket, $($arg: $ty),*) -> $ret {
+            // SAFETY: A live socket of this family has its state until release.
+            let $sock = unsafe { Socket::<T>::from_raw(sock) };
+            $body
+        }
+    };
+}
+
+socket_call!(bind_callback(addr: *mut sys::sockaddr_unsized, len: c_int) -> c_int, |socket| {
+    // SAFETY: The socket layer passes a valid address buffer of `len` bytes.
+    to_errno(T::bind(&socket, unsafe { SockAddr::from_raw(addr) }, len))
+});
+
+socket_call!(
+    connect_callback(addr: *mut sys::sockaddr_unsized, len: c_int, flags: c_int) -> c_int,
+    |socket| {
+        // SAFETY: As for bind.
+        to_errno(T::connect(&socket, unsafe { SockAddr::from_raw(addr) }, len, flags))
+    }
+);
+
+socket_call!(listen_callback(backlog: c_int) -> c_int, |socket| {
+    to_errno(T::listen(&socket, backlog))
+});
+
+socket_call!(shutdown_callback(how: c_int) -> c_int, |socket| {
+    to_errno(T::shutdown(&socket, how))
+});
+
+socket_call!(
+    accept_callback(newsock: *mut sys::socket, arg: *mut sys::proto_accept_arg) -> c_int,
+    |socket| {
+        from_result(|| {
+            // SAFETY: The socket layer passes a valid `arg`.
+            let (flags, kern) = unsafe { ((*arg).flags, (*arg).kern) };
+            let state = T::accept(&socket, flags)?;
+            let net = socket.sk().net();
+            let protocol = i32::from(
+                // SAFETY: The listening socket's sk is valid.
+                unsafe { (*socket.sk().0).sk_protocol },
+            );
+            let mut state = Some(state);
+            // SAFETY: `newsock` is the fresh socket the socket layer made for this accept,
+            // with our ops already set; `net` is the listener's namespace.
+            unsafe {
+                attach_sk::<T>(net, newsock, protocol, c_int::from(kern), |_| {
+                    state.take().ok_or(EINVAL)
+                })?;
+                (*newsock).state = sys::socket_state_SS_CONNECTED;
+            }
+            Ok(0)
+        })
+    }
+);
+
+socket_call!(getname_callback(addr: *mut sys::sockaddr, peer: c_int) -> c_int, |socket| {
+    // SAFETY: The socket layer passes a `sockaddr_storage`-sized buffer.
+    from_result(|| T::getname(&socket, unsafe { SockAddrOut::from_raw(addr) }, peer != 0))
+});
+
+/// `proto_ops::poll`.
+///
+/// # Safety
+///
+/// Called by the socket layer with a live socket of family `T`, its file and a poll table
+/// (possibly null).
+unsafe extern "C" fn poll_callback<T: SocketFamily>(
+    file: *mut sys::file,
+    sock: *mut sys::socket,
+    wait: *mut sys::poll_table_struct,
+) -> sys::__poll_t {
+    // SAFETY: A live socket of this family has its state until release.
+    let socket = unsafe { Socket::<T>::from_raw(sock) };
+    // SAFETY: The poll call's file and table are valid for its duration.
+    let (file, wait) = unsafe {
+        (
+            File::from_raw(file),
+            (!wait.is_null()).then(|| PollTable::from_raw(wait)),
+        )
+    };
+    T::poll(&socket, file, wait)
+}
+
+socket_call!(
+    setsockopt_callback(level: c_int, name: c_int, val: sys::sockptr_t, len: c_uint) -> c_int,
+    |socket| to_errno(T::setsockopt(&socket, level, name, SockPtr::from_raw(val), len))
+);
+
+socket_call!(
+    getsockopt_callback(level: c_int, name: c_int, val: *mut kernel::ffi::c_char, len: *mut c_int)
+        -> c_int,
+    |socket| {
+        to_errno(T::getsockopt(
+            &socket,
+            level,
+            name,
+            UserPtr::from_raw(val.cast::<c_void>()),
+            UserPtr::from_raw(len.cast::<c_void>()),
+        ))
+    }
+);
+
+socket_call!(sendmsg_callback(msg: *mut sys::msghdr, len: usize) -> c_int, |socket| {
+    from_result(|| {
+        // SAFETY: The socket layer passes a valid message header.
+        let msg = unsafe { MsgHdr::from_raw(msg) };
+        let sent = T::sendmsg(&socket, msg, len)?;
+        c_int::try_from(sent).map_err(|_| EOVERFLOW)
+    })
+});
+
+socket_call!(
+    recvmsg_callback(msg: *mut sys::msghdr, len: usize, flags: c_int) -> c_int,
+    |socket| {
+        from_result(|| {
+            // SAFETY: The socket layer passes a valid message header.
+            let msg = unsafe { MsgHdr::from_raw(msg) };
+            let received = T::recvmsg(&socket, msg, len, flags)?;
+            c_int::try_from(received).map_err(|_| EOVERFLOW)
+        })
+    }
+);
+
+socket_call!(ioctl_callback(cmd: c_uint, arg: c_ulong) -> c_int, |socket| {
+    from_result(|| T::ioctl(&socket, cmd, arg))
+});
+
+fn to_errno(result: Result) -> c_int {
+    match result {
+        Ok(()) => 0,
+        Err(err) => err.to_errno(),
+    }
 }
 
 /// A registered socket family; unregistered on drop.
@@ -171,10 +482,10 @@ impl FamilyRegistration {
         let tables = T::TABLES;
         // SAFETY: `tables.proto` is a `'static` proto that is not registered yet (only this
         // function registers it, and `Drop` unregisters it).
-        kernel::error::to_result(unsafe { sys::proto_register(tables.proto.get(), 1) })?;
+        to_result(unsafe { sys::proto_register(tables.proto.get(), 1) })?;
         // SAFETY: `tables.family` is `'static` and valid.
         let ret = unsafe { sys::sock_register(&tables.family) };
-        if let Err(err) = kernel::error::to_result(ret) {
+        if let Err(err) = to_result(ret) {
             // SAFETY: Registered just above.
             unsafe { sys::proto_unregister(tables.proto.get()) };
             return Err(err);
