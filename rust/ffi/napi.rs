@@ -83,10 +83,10 @@ impl<T: NapiPoll> Napi<T> {
 impl<T: NapiPoll> Drop for Napi<T> {
     fn drop(&mut self) {
         let napi = self.napi();
-        // SAFETY: By the type invariant the NAPI was added and enabled on `dev`.
         // `napi_disable` waits for a running poll (softirq or busy poller) to finish and
-        // unhashes the id, so no poll can start afterwards; then the netdev is freed.
-        // `poller` is dropped only after this, so the callback never sees a freed poller.
+        // unhashes the id, so no poll starts afterwards and the netdev can be freed; `poller`
+        // is dropped only after this, so the callback never sees a freed poller.
+        // SAFETY: By the type invariant the NAPI was added and enabled on `dev`.
         unsafe {
             sys::napi_disable(napi);
             sys::rsmc_netif_napi_del(napi);
