@@ -4,7 +4,9 @@
 
 use crate::{
     ffi::{
-        ib::{ClientRegistration, ClientTable, IbClient, IbDevice, DEVICE_NAME_MAX},
+        ib::{
+            ClientRegistration, ClientTable, IbClient, IbDevice, DEVICE_NAME_MAX, NETDEV_NAME_MAX,
+        },
         napi::Napi,
     },
     poller::Poller,
@@ -16,6 +18,9 @@ use kernel::{prelude::*, sync::Arc};
 pub(crate) struct Device {
     name: [u8; DEVICE_NAME_MAX],
     name_len: usize,
+    /// The netdev of port 1 when the device appeared (rxe binds it at creation).
+    netdev: [u8; NETDEV_NAME_MAX],
+    netdev_len: usize,
     napi: Napi<Poller>,
 }
 
@@ -23,11 +28,15 @@ impl Device {
     fn new(ibdev: &IbDevice) -> Result<Arc<Self>> {
         let mut name = [0; DEVICE_NAME_MAX];
         let name_len = ibdev.name(&mut name);
+        let mut netdev = [0; NETDEV_NAME_MAX];
+        let netdev_len = ibdev.netdev_name(1, &mut netdev).unwrap_or(0);
         let napi = Napi::new(Arc::new(Poller::new(), GFP_KERNEL)?)?;
         Ok(Arc::new(
             Self {
                 name,
                 name_len,
+                netdev,
+                netdev_len,
                 napi,
             },
             GFP_KERNEL,
@@ -35,9 +44,21 @@ impl Device {
     }
 
     fn name(&self) -> &str {
-        // The RDMA core only accepts printable ASCII names; anything else shows as "?".
-        core::str::from_utf8(&self.name[..self.name_len]).unwrap_or("?")
+        ascii_name(&self.name[..self.name_len])
     }
+
+    fn netdev(&self) -> &str {
+        match self.netdev_len {
+            0 => "-",
+            len => ascii_name(&self.netdev[..len]),
+        }
+    }
+}
+
+/// Device and netdev names are printable ASCII (the kernel enforces it); anything else
+/// shows as "?".
+fn ascii_name(name: &[u8]) -> &str {
+    core::str::from_utf8(name).unwrap_or("?")
 }
 
 kernel::sync::global_lock! {
@@ -79,15 +100,16 @@ pub(crate) fn register() -> Result<ClientRegistration> {
     ClientRegistration::new::<RsmcClient>()
 }
 
-/// Writes one line per device: `<name> napi_id <id> polls <n>`.
+/// Writes one line per device: `<name> napi_id <id> polls <n> netdev <netdev>`.
 pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for device in DEVICES.lock().iter() {
         writeln!(
             f,
-            "{} napi_id {} polls {}",
+            "{} napi_id {} polls {} netdev {}",
             device.name(),
             device.napi.id(),
-            device.napi.poller().polls()
+            device.napi.poller().polls(),
+            device.netdev()
         )?;
     }
     Ok(())

@@ -21,6 +21,16 @@ TEST(napi_ids_valid_and_distinct)
 	EXPECT_NE(a, b);
 }
 
+TEST(devices_know_their_netdev)
+{
+	char netdev[16] = "";
+
+	ASSERT_LE(0, rsmc_device_lookup("rxe_a", netdev));
+	EXPECT_STREQ("veth_a", netdev);
+	ASSERT_LE(0, rsmc_device_lookup("rxe_b", netdev));
+	EXPECT_STREQ("veth_b", netdev);
+}
+
 TEST(unknown_device_absent)
 {
 	EXPECT_EQ(-1, rsmc_device_napi_id("rxe_nonexistent"));

@@ -29,21 +29,35 @@ static inline int rsmc_enter_netns(const char *name)
 	return ret;
 }
 
-/* Looks up @device in rsmc's debugfs device list; returns its NAPI id, or -1 if absent. */
-static inline long rsmc_device_napi_id(const char *device)
+/*
+ * Looks up @device in rsmc's debugfs device list
+ * ("<name> napi_id <id> polls <n> netdev <netdev>" per line). Returns its NAPI id, or -1 if
+ * absent; copies its netdev name to @netdev (IFNAMSIZ bytes) if @netdev is not NULL.
+ */
+static inline long rsmc_device_lookup(const char *device, char *netdev)
 {
-	char name[64];
+	char line[256], name[64], dev[16];
 	long napi_id, found = -1;
 	unsigned long long polls;
 	FILE *f = fopen(RSMC_DEVICES_FILE, "r");
 
 	if (!f)
 		return -1;
-	while (fscanf(f, "%63s napi_id %ld polls %llu", name, &napi_id, &polls) == 3)
-		if (!strcmp(name, device))
-			found = napi_id;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%63s napi_id %ld polls %llu netdev %15s",
+			   name, &napi_id, &polls, dev) != 4 || strcmp(name, device))
+			continue;
+		found = napi_id;
+		if (netdev)
+			strcpy(netdev, dev);
+	}
 	fclose(f);
 	return found;
+}
+
+static inline long rsmc_device_napi_id(const char *device)
+{
+	return rsmc_device_lookup(device, NULL);
 }
 
 /* CONFIG_NR_CPUS of the running test kernel: MIN_NAPI_ID is NR_CPUS + 1. */

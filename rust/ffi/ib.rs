@@ -35,6 +35,28 @@ impl IbDevice {
     }
 }
 
+impl IbDevice {
+    /// Copies the name of the netdev behind `port` (e.g. `veth_a` under `rxe_a`) into `out`;
+    /// returns its length, or `None` if the port has no netdev.
+    pub(crate) fn netdev_name(&self, port: u32, out: &mut [u8; NETDEV_NAME_MAX]) -> Option<usize> {
+        // SAFETY: The device is valid by the type invariant; a non-null result holds a
+        // reference that is dropped below.
+        let netdev = unsafe { sys::ib_device_get_netdev(self.0.get(), port) };
+        if netdev.is_null() {
+            return None;
+        }
+        // SAFETY: `netdev` is valid while we hold its reference; the name is read as
+        // `dev_get_by_name` readers do (a rename in between yields either name).
+        let len = copy_c_name(unsafe { &(*netdev).name }, out);
+        // SAFETY: Drops the reference taken by `ib_device_get_netdev`.
+        unsafe { sys::rsmc_dev_put(netdev) };
+        Some(len)
+    }
+}
+
+/// Longest netdev name (`IFNAMSIZ`).
+pub(crate) const NETDEV_NAME_MAX: usize = 16;
+
 /// What an RDMA client implements: a context per device, created on add, dropped on remove.
 pub(crate) trait IbClient: 'static {
     /// The per-device context stored as the device's client data.

@@ -53,3 +53,8 @@ sockptr_t rsmc_user_sockptr(void __user *ptr)
 {
 	return USER_SOCKPTR(ptr);
 }
+
+void rsmc_dev_put(struct net_device *dev)
+{
+	dev_put(dev);
+}

@@ -21,6 +21,7 @@ void *rsmc_netdev_priv(struct net_device *dev);
 void rsmc_napi_schedule(struct napi_struct *napi);
 void rsmc_netif_napi_del(struct napi_struct *napi);
 void rsmc_sock_set_custom_sockopt(struct socket *sock);
+void rsmc_dev_put(struct net_device *dev);
 sockptr_t rsmc_user_sockptr(void __user *ptr);
 
 #endif /* RSMC_SHIM_H */
