@@ -1,4 +1,4 @@
-# rsmc top-level Makefile. `make check` is the test command; `make demo` the showcase.
+# rsmc top-level Makefile. `make check` is the test command, `make vm` the test VM.
 # The Kbuild file next to this one is what the kernel build reads (make module).
 
 RSMC_CACHE ?= $(HOME)/.cache/rsmc
@@ -14,7 +14,7 @@ endif
 # KDIR= builds against a user's own Rust-enabled kernel tree instead of the cached test kernel.
 export KDIR
 
-.PHONY: all deps kernel module host-test selftests check vm demo bench clippy fmt clean
+.PHONY: all deps kernel module host-test selftests check vm clippy fmt clean
 
 all: module
 
