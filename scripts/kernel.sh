@@ -30,26 +30,31 @@ kmake() { make -C "$ksrc" O="$out" LLVM="$KLLVM" RUSTC="$KRUSTC" "$@"; }
 
 log "building $version ($flavour) in $out"
 start=$(date +%s)
-rm -rf "$out"
-mkdir -p "$out"
-kmake -s tinyconfig >&2
-"$ksrc/scripts/kconfig/merge_config.sh" -m -O "$out" "$out/.config" "${fragments[@]}" >/dev/null
-kmake -s olddefconfig >&2
+# An interrupted build resumes where it stopped; only an unconfigured tree starts afresh.
+if [ ! -f "$out/.rsmc-configured" ]; then
+	rm -rf "$out"
+	mkdir -p "$out"
+	kmake -s tinyconfig >&2
+	"$ksrc/scripts/kconfig/merge_config.sh" -m -O "$out" "$out/.config" "${fragments[@]}" >/dev/null
+	kmake -s olddefconfig >&2
 
-# Fail early if Kconfig dropped an option we asked for (a missing dependency or toolchain).
-dropped=0
-for frag in "${fragments[@]}"; do
-	while IFS= read -r line; do
-		case "$line" in
-		CONFIG_*=n) opt=${line%%=*}
-			grep -q "^$opt=" "$out/.config" && { log "$opt should be off"; dropped=1; } ;;
-		CONFIG_*) grep -qx "$line" "$out/.config" || { log "not set: $line"; dropped=1; } ;;
-		esac
-	done <"$frag"
-done
-[ "$dropped" = 0 ] || { log "kernel config incomplete (see above)"; exit 1; }
+	# Fail early if Kconfig dropped an option we asked for (a missing dependency or tool).
+	dropped=0
+	for frag in "${fragments[@]}"; do
+		while IFS= read -r line; do
+			case "$line" in
+			CONFIG_*=n) opt=${line%%=*}
+				grep -q "^$opt=" "$out/.config" && { log "$opt should be off"; dropped=1; } ;;
+			CONFIG_*) grep -qx "$line" "$out/.config" || { log "not set: $line"; dropped=1; } ;;
+			esac
+		done <"$frag"
+	done
+	[ "$dropped" = 0 ] || { log "kernel config incomplete (see above)"; exit 1; }
+	touch "$out/.rsmc-configured"
+fi
 
-kmake -j"$(($(nproc) + 1))" bzImage modules >&2
+# `all` builds vmlinux, bzImage and the modules (smc.ko) in one dependency graph.
+kmake -j"$(($(nproc) + 1))" all >&2
 touch "$out/.rsmc-built"
 log "built in $(($(date +%s) - start)) s"
 echo "$out"
