@@ -10,8 +10,8 @@ for suite in /sys/kernel/debug/kunit/rsmc_*; do
 	[ -e "$suite/results" ] && cat "$suite/results"
 done
 
-# module_lifecycle unloads and reloads rsmc, so it runs last.
-for test in socket_family devices module_lifecycle; do
+# In the Makefile's order: module_lifecycle, which unloads and reloads rsmc, comes last.
+for test in $(make -s print-tests); do
 	echo "### kselftest $test"
 	timeout "${RSMC_TEST_TIMEOUT:-600}" "$out/$test"
 	echo "### exit $test $?"
