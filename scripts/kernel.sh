@@ -26,6 +26,15 @@ if [ -f "$out/.rsmc-built" ]; then
 	exit 0
 fi
 
+# One build per tree at a time (two would corrupt it); a waiter reuses the finished build.
+mkdir -p "$RSMC_CACHE/build"
+exec 9>"$out.lock"
+flock 9
+if [ -f "$out/.rsmc-built" ]; then
+	echo "$out"
+	exit 0
+fi
+
 kmake() { make -C "$ksrc" O="$out" LLVM="$KLLVM" RUSTC="$KRUSTC" "$@"; }
 
 log "building $version ($flavour) in $out"
