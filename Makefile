@@ -14,7 +14,7 @@ endif
 # KDIR= builds against a user's own Rust-enabled kernel tree instead of the cached test kernel.
 export KDIR
 
-.PHONY: all deps kernel module host-test selftests check vm clippy fmt clean
+.PHONY: all deps kernel module host-test selftests check vm demo clippy fmt clean
 
 all: module
 
@@ -36,6 +36,10 @@ selftests: deps
 
 check: deps
 	@scripts/check.sh $(KERNEL_FLAVOUR)
+
+# The latency table: rsmc (busy poll off/on), TCP, raw verbs, stock SMC-R, in one VM run.
+demo: deps
+	@scripts/demo.sh $(KERNEL_FLAVOUR)
 
 vm: module
 	qemu/run $(KERNEL_FLAVOUR)

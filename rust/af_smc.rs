@@ -51,7 +51,7 @@ impl SocketFamily for AfSmc {
         Ok(())
     }
 
-    fn new_state(sk: &SockRef, protocol: i32) -> Result<SmcSock> {
+    fn new_state(sk: &SockRef<'_>, protocol: i32) -> Result<SmcSock> {
         Ok(SmcSock {
             clc: KernelSocket::new_tcp(sk, protocol == SMCPROTO_SMC6)?,
         })

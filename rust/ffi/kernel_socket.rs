@@ -102,7 +102,7 @@ const SOCK_STREAM: c_int = 1;
 
 impl KernelSocket {
     /// Creates a TCP socket (IPv6 if `ipv6`) in the network namespace of `owner`.
-    pub(crate) fn new_tcp(owner: &super::sock::SockRef, ipv6: bool) -> Result<Self> {
+    pub(crate) fn new_tcp(owner: &super::sock::SockRef<'_>, ipv6: bool) -> Result<Self> {
         let family = if ipv6 { AF_INET6 } else { AF_INET };
         let mut sock = core::ptr::null_mut();
         // SAFETY: `owner.net()` is the live namespace of a socket being created; `sock` is a

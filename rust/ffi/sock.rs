@@ -11,7 +11,10 @@ use super::{
     kernel_socket::{File, MsgHdr, PollTable, SockAddr, SockAddrOut, SockPtr, UserPtr},
     sys, StaticCell,
 };
-use core::mem::{size_of, MaybeUninit};
+use core::{
+    marker::PhantomData,
+    mem::{size_of, MaybeUninit},
+};
 use kernel::{
     error::{from_result, to_result},
     ffi::{c_int, c_uint, c_ulong, c_void},
@@ -67,9 +70,11 @@ impl<'a, T: SocketFamily> Socket<'a, T> {
     }
 
     /// The socket's `struct sock`, for kernel calls made on its behalf.
-    pub(crate) fn sk(&self) -> SockRef {
+    pub(crate) fn sk(&self) -> SockRef<'a> {
         // SAFETY: The socket is valid by the type invariant.
-        SockRef(unsafe { (*self.sock).sk })
+        let sk = unsafe { (*self.sock).sk };
+        // INVARIANT: The socket's `sk` lives at least as long as the socket borrow `'a`.
+        SockRef(sk, PhantomData)
     }
 }
 
@@ -77,10 +82,10 @@ impl<'a, T: SocketFamily> Socket<'a, T> {
 ///
 /// # Invariants
 ///
-/// `0` is a valid `struct sock` for as long as the value is used.
-pub(crate) struct SockRef(*mut sys::sock);
+/// `0` is a valid `struct sock` for the lifetime `'a`.
+pub(crate) struct SockRef<'a>(*mut sys::sock, PhantomData<&'a sys::sock>);
 
-impl SockRef {
+impl SockRef<'_> {
     /// The socket's network namespace.
     pub(super) fn net(&self) -> *mut sys::net {
         // SAFETY: `sk` is valid by the type invariant; its namespace is fixed at creation.
@@ -114,7 +119,7 @@ pub(crate) trait SocketFamily: Sized + 'static {
     /// Validates a `socket(2)` call before a socket is allocated.
     fn check_create(sock_type: i32, protocol: i32) -> Result;
     /// Creates the state of a new socket (`socket(2)`, `protocol` as checked).
-    fn new_state(sk: &SockRef, protocol: i32) -> Result<Self::State>;
+    fn new_state(sk: &SockRef<'_>, protocol: i32) -> Result<Self::State>;
     /// `bind(2)`.
     fn bind(sock: &Socket<'_, Self>, addr: &mut SockAddr, len: i32) -> Result;
     /// `connect(2)`; `flags` are the file flags (`O_NONBLOCK`).
@@ -231,7 +236,7 @@ unsafe fn attach_sk<T: SocketFamily>(
     sock: *mut sys::socket,
     protocol: c_int,
     kern: c_int,
-    make_state: impl FnOnce(&SockRef) -> Result<T::State>,
+    make_state: impl FnOnce(&SockRef<'_>) -> Result<T::State>,
 ) -> Result {
     let tables = T::TABLES;
     // SAFETY: `net` is valid; `tables.proto` was registered by `FamilyRegistration::new`
@@ -258,7 +263,8 @@ unsafe fn attach_sk<T: SocketFamily>(
         (*sk).sk_protocol = protocol as u16;
         sys::rsmc_sock_set_custom_sockopt(sock);
     }
-    match make_state(&SockRef(sk)) {
+    // INVARIANT: `sk` stays allocated until after `make_state` returns.
+    match make_state(&SockRef(sk, PhantomData)) {
         Ok(state) => {
             // SAFETY: `sk` was allocated with room for `SockWithState<T::State>`.
             unsafe { (*sk.cast::<SockWithState<T::State>>()).state.write(state) };

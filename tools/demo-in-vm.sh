@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Runs inside the test VM (see scripts/demo.sh): 1-byte ping-pong latency between rsmc_a
+# (client) and rsmc_b (server) over rsmc with busy polling off and on, in each wait mode,
+# next to TCP over the same veth, raw verbs (qperf rc_lat, waiting on / polling the CQ) over
+# the same rxe pair, and stock Linux SMC-R (smc.ko, SMC-Rv2). One run, so ratios are fair.
+set -euo pipefail
+cd "$(dirname "$0")"
+pp=$PWD/out/pingpong
+iters=${RSMC_DEMO_ITERS:-2000}
+size=${RSMC_DEMO_SIZE:-1}
+busy_usecs=50
+results=$(mktemp)
+port=7100
+
+# server FAMILY MODE: start a ping-pong server in rsmc_b on a fresh port.
+server() {
+	port=$((port + 1))
+	ip netns exec rsmc_b "$pp" server -f "$1" -p "$port" -m "$2" >/dev/null 2>&1 &
+	server_pid=$!
+	sleep 0.5
+}
+
+# measure LABEL FAMILY MODE BUSY: one client run against a fresh server; appends a result line.
+measure() {
+	local label=$1 family=$2 mode=$3 busy=$4 busy_args=()
+	[ "$busy" = 1 ] && busy_args=(-b -B "$busy_usecs" --prefer)
+	server "$family" "$mode"
+	if ip netns exec rsmc_a "$pp" client -a 192.0.2.2 -f "$family" -p "$port" -m "$mode" \
+		-s "$size" -n "$iters" "${busy_args[@]}" --label "$label" >>"$results"; then :
+	else
+		echo "label=$label family=$family mode=$mode busy=$busy failed=1" >>"$results"
+	fi
+	kill "$server_pid" 2>/dev/null || true
+	wait "$server_pid" 2>/dev/null || true
+}
+
+# qperf_rtt CQ_POLL LABEL: raw verbs RC latency with RDMA CM; qperf prints one-way latency
+# (its mean), doubled here to a round trip.
+qperf_rtt() {
+	local out
+	out=$(ip netns exec rsmc_a qperf -cm1 --cq_poll "$1" -m "$size" -t 3 192.0.2.2 rc_lat 2>&1) || true
+	awk -v mode="$2" '/latency/ {
+		v = $3; if ($4 == "ms") v *= 1000; if ($4 == "ns") v /= 1000
+		printf "label=verbs family=rc mode=%s busy=- p50_us=%.1f p99_us=- mean_us=%.1f napi_id=-\n", mode, 2 * v, 2 * v
+	}' <<<"$out" >>"$results"
+}
+
+# recv busy-polls with SO_BUSY_POLL, epoll with EPIOCSPARAMS, io_uring with registered NAPI
+# (all set by pingpong -b); poll/select can only use the global sysctl.
+for mode in recv epoll poll io_uring; do
+	for busy in 0 1; do
+		[ "$mode" = poll ] && sysctl -qw net.core.busy_poll=$((busy * busy_usecs))
+		measure rsmc smc "$mode" "$busy"
+	done
+done
+sysctl -qw net.core.busy_poll=0
+measure tcp tcp recv 0
+measure tcp tcp epoll 0
+
+ip netns exec rsmc_b qperf >/dev/null 2>&1 &
+qperf_pid=$!
+sleep 0.5
+qperf_rtt 0 cq_wait
+qperf_rtt 1 cq_poll
+kill "$qperf_pid" 2>/dev/null || true
+
+# Stock SMC-R owns AF_SMC only while rsmc is unloaded.
+if rmmod rsmc && insmod "$RSMC_KDIR/net/smc/smc.ko" && out/smc_ueid RSMC-DEMO; then
+	measure smc-r smc recv 0
+	measure smc-r smc epoll 0
+	rmmod smc
+	insmod "$RSMC_MODULE"
+else
+	echo "label=smc-r failed=1" >>"$results"
+fi
+
+echo
+echo "1-byte ping-pong round-trip time, $iters iterations each, one VM run (TCG: compare ratios)"
+printf '%-6s %-10s %-5s %9s %9s %9s %8s\n' path mode busy p50_us p99_us mean_us napi_id
+awk '{
+	delete f
+	for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+	if (f["failed"]) { printf "%-6s %-10s %-5s %9s\n", f["label"], f["mode"], f["busy"], "FAILED"; next }
+	printf "%-6s %-10s %-5s %9s %9s %9s %8s\n", f["label"], f["mode"], f["busy"], f["p50_us"], f["p99_us"], f["mean_us"], f["napi_id"]
+}' "$results"
+! grep -q 'failed=1' "$results"
