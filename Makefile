@@ -14,7 +14,7 @@ endif
 # KDIR= builds against a user's own Rust-enabled kernel tree instead of the cached test kernel.
 export KDIR
 
-.PHONY: all deps kernel module host-test selftests check vm demo clippy fmt clean
+.PHONY: all deps kernel module host-test selftests check vm demo bench clippy fmt clean
 
 all: module
 
@@ -40,6 +40,11 @@ check: deps
 # The latency table: rsmc (busy poll off/on), TCP, raw verbs, stock SMC-R, in one VM run.
 demo: deps
 	@scripts/demo.sh $(KERNEL_FLAVOUR)
+
+# The same table with ten times the samples and a 16 KiB message run as well.
+bench: deps
+	@RSMC_DEMO_ITERS=20000 scripts/demo.sh $(KERNEL_FLAVOUR)
+	@RSMC_DEMO_ITERS=5000 RSMC_DEMO_SIZE=16384 scripts/demo.sh $(KERNEL_FLAVOUR)
 
 vm: module
 	qemu/run $(KERNEL_FLAVOUR)

@@ -75,7 +75,7 @@ else
 fi
 
 echo
-echo "1-byte ping-pong round-trip time, $iters iterations each, one VM run (TCG: compare ratios)"
+echo "$size-byte ping-pong round-trip time, $iters iterations each, one VM run (TCG: compare ratios)"
 printf '%-6s %-10s %-5s %9s %9s %9s %8s\n' path mode busy p50_us p99_us mean_us napi_id
 awk '{
 	delete f
