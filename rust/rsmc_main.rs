@@ -8,7 +8,8 @@
 //!
 //! Layout (mirrors net/smc): `af_smc` the socket family, `ib` the RDMA device client,
 //! `poller` the per-device NAPI poller, `debugfs` the state tests read, `proto` the pure
-//! protocol core (also built and tested on the host), `ffi` every call into C.
+//! protocol core (also built and tested on the host), `ffi` every call into C (`ffi::verbs`
+//! the RDMA verbs objects), `verbs_test` the KUnit suite that runs them over two rxe devices.
 
 use kernel::prelude::*;
 
@@ -18,6 +19,7 @@ mod ffi;
 mod ib;
 mod poller;
 pub mod proto;
+mod verbs_test;
 
 module! {
     type: Rsmc,

@@ -6,5 +6,6 @@
 #include <linux/socket.h>
 #include <net/busy_poll.h>
 #include <net/sock.h>
+#include <rdma/ib_cache.h>
 #include <rdma/ib_verbs.h>
 #include "shim.h"

@@ -1,9 +1,25 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! RDMA device client (`struct ib_client`): per-device add/remove callbacks.
+//! RDMA devices: the client interface (`struct ib_client`, per-device add/remove callbacks),
+//! counted device references, and the device queries a connection needs (GIDs, port MTU).
 
 use super::{copy_c_name, sys, StaticCell};
-use kernel::{ffi::c_int, ffi::c_void, prelude::*, types::ForeignOwnable, types::Opaque};
+use crate::proto::clc::PathMtu;
+use core::{
+    ops::Deref,
+    ptr::{self, NonNull},
+};
+use kernel::{
+    error::{from_err_ptr, to_result},
+    ffi::{c_char, c_int, c_void},
+    prelude::*,
+    sync::{
+        aref::{ARef, AlwaysRefCounted},
+        atomic::{Acquire, Atomic, Full, Relaxed, Release},
+    },
+    time::{delay::fsleep, Delta},
+    types::{ForeignOwnable, Opaque},
+};
 
 /// Longest RDMA device name (`IB_DEVICE_NAME_MAX`).
 pub(crate) const DEVICE_NAME_MAX: usize = 64;
@@ -24,6 +40,74 @@ impl IbDevice {
         // SAFETY: `IbDevice` is a transparent wrapper of `ib_device`; validity is guaranteed
         // by the caller.
         unsafe { &*ptr.cast::<Self>() }
+    }
+
+    /// The C device, for the FFI layer's calls.
+    pub(super) fn as_raw(&self) -> *mut sys::ib_device {
+        self.0.get()
+    }
+
+    /// Takes a registration reference on the device, which keeps it registered until the
+    /// reference is dropped; `None` once its unregistration has begun.
+    pub(crate) fn try_get(&self) -> Option<ARef<RegisteredDevice>> {
+        // SAFETY: The device is valid by the type invariant.
+        if !unsafe { sys::rsmc_ib_device_try_get(self.as_raw()) } {
+            return None;
+        }
+        // INVARIANT: The reference just taken is handed to the `ARef`.
+        // SAFETY: `RegisteredDevice` is a transparent wrapper of `IbDevice`, and the `ARef`
+        // takes over the reference taken above.
+        Some(unsafe { ARef::from_raw(NonNull::from(self).cast()) })
+    }
+
+    /// Finds the RoCE v2 GID of the IPv4 address `addr` (`::ffff:a.b.c.d`) on any port, with
+    /// the MAC address of the netdev it belongs to.
+    pub(crate) fn find_roce_v2_gid(&self, addr: [u8; 4]) -> Result<RoceGid> {
+        let mut raw = [0u8; 16];
+        raw[10] = 0xff;
+        raw[11] = 0xff;
+        raw[12..].copy_from_slice(&addr);
+        let gid = sys::ib_gid { raw };
+        // SAFETY: The device is valid by the type invariant and `gid` outlives the call; a null
+        // netdev matches any. A returned attribute holds a reference, dropped below.
+        let attr = from_err_ptr(
+            unsafe {
+                sys::rdma_find_gid(
+                    self.as_raw(),
+                    &gid,
+                    sys::ib_gid_type_IB_GID_TYPE_ROCE_UDP_ENCAP,
+                    ptr::null_mut(),
+                )
+            }
+            .cast_mut(),
+        )?;
+        let mut mac = [0u8; 6];
+        let mut vlan = 0u16;
+        // SAFETY: `attr` is valid while we hold its reference; `vlan` and `mac` (`ETH_ALEN`
+        // bytes) are writable.
+        let l2 = unsafe { sys::rdma_read_gid_l2_fields(attr, &mut vlan, mac.as_mut_ptr()) };
+        // SAFETY: As above; the port and index of an attribute never change.
+        let (port, index) = unsafe { ((*attr).port_num, (*attr).index) };
+        // SAFETY: Drops the reference `rdma_find_gid` took; `attr` is not used afterwards.
+        unsafe { sys::rdma_put_gid_attr(attr) };
+        to_result(l2)?;
+        Ok(RoceGid {
+            port,
+            index: index.into(),
+            gid: raw,
+            mac,
+        })
+    }
+
+    /// The active MTU of `port` (which follows the netdev's MTU on RoCE).
+    pub(crate) fn active_mtu(&self, port: u32) -> Result<PathMtu> {
+        let mut attr = sys::ib_port_attr::default();
+        // SAFETY: The device is valid by the type invariant; `attr` is writable.
+        to_result(unsafe { sys::ib_query_port(self.as_raw(), port, &mut attr) })?;
+        u8::try_from(attr.active_mtu)
+            .ok()
+            .and_then(PathMtu::from_code)
+            .ok_or(EINVAL)
     }
 
     /// Copies the device name (e.g. `rxe_a`) into `out`; returns its length.
@@ -56,6 +140,141 @@ impl IbDevice {
 
 /// Longest netdev name (`IFNAMSIZ`).
 pub(crate) const NETDEV_NAME_MAX: usize = 16;
+
+/// A RoCE v2 GID of a device port and the MAC address of the netdev behind it: what a peer
+/// needs to address this port.
+#[derive(Clone, Copy)]
+pub(crate) struct RoceGid {
+    /// The port the GID is on.
+    pub(crate) port: u32,
+    /// The GID's index in the port's GID table (the source GID index of a queue pair).
+    pub(crate) index: u32,
+    /// The GID (for IPv4, `::ffff:a.b.c.d`).
+    pub(crate) gid: [u8; 16],
+    /// The netdev's MAC address.
+    pub(crate) mac: [u8; 6],
+}
+
+/// An RDMA device kept registered by a counted reference (`ib_device_try_get`).
+///
+/// Verbs objects (PDs, CQs, ...) hold one, so their device cannot be unregistered under them:
+/// unregistration first removes the clients (whose remove callbacks drop their objects), then
+/// waits for the count to drop to zero.
+///
+/// # Invariants
+///
+/// Every `RegisteredDevice` is reached through an [`ARef`], which owns a registration
+/// reference on the device.
+#[repr(transparent)]
+pub(crate) struct RegisteredDevice(IbDevice);
+
+// SAFETY: The device is only used through the RDMA core's thread-safe API.
+unsafe impl Send for RegisteredDevice {}
+// SAFETY: As above.
+unsafe impl Sync for RegisteredDevice {}
+
+// SAFETY: A registration reference keeps the device registered, hence allocated:
+// unregistration waits for the count to drop to zero before the driver may free the device.
+// Every instance is reference-counted by the type invariant.
+unsafe impl AlwaysRefCounted for RegisteredDevice {
+    fn inc_ref(&self) {
+        // SAFETY: The device is valid by the type invariant. The caller's `ARef` holds a
+        // reference, so the count is not zero and `ib_device_try_get` cannot fail.
+        let taken = unsafe { sys::rsmc_ib_device_try_get(self.0.as_raw()) };
+        kernel::warn_on!(!taken);
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: The caller owns a registration reference on the device and gives it up.
+        unsafe { sys::ib_device_put(obj.as_ptr().cast()) };
+    }
+}
+
+impl Deref for RegisteredDevice {
+    type Target = IbDevice;
+
+    fn deref(&self) -> &IbDevice {
+        &self.0
+    }
+}
+
+impl RegisteredDevice {
+    /// Finds the registered RDMA device named `name` and takes a reference on it.
+    ///
+    /// The RDMA core exports no lookup by name, so this registers a client for the duration of
+    /// the call: its `add` callback sees every registered device. May sleep; must not be called
+    /// from an RDMA client callback (registering a client takes the locks those run under).
+    pub(crate) fn get_by_name(name: &CStr) -> Result<ARef<Self>> {
+        // One lookup at a time: the client table and `LOOKUP` are shared. A lookup is short,
+        // so waiting is cheaper than anything smarter.
+        while LOOKUP.busy.cmpxchg(false, true, Acquire).is_err() {
+            fsleep(Delta::from_millis(1));
+        }
+        LOOKUP.name.store(name.as_char_ptr(), Release);
+        // Registering runs `add` for every registered device before it returns; dropping the
+        // registration waits for any `add` still running for a device that appeared since.
+        let registered = ClientRegistration::new::<NameLookup>().map(drop);
+        LOOKUP.name.store(ptr::null(), Relaxed);
+        let found = NonNull::new(LOOKUP.found.xchg(ptr::null_mut(), Full));
+        LOOKUP.busy.store(false, Release);
+        // SAFETY: A found device came from `ARef::into_raw` in `NameLookup::add` and was taken
+        // out of `LOOKUP` exactly once, above.
+        let found = found.map(|found| unsafe { ARef::from_raw(found) });
+        registered?;
+        found.ok_or(ENODEV)
+    }
+}
+
+/// The state of the one [`RegisteredDevice::get_by_name`] call that runs at a time.
+struct Lookup {
+    /// Set while a lookup owns `name` and `found`.
+    busy: Atomic<bool>,
+    /// The name looked for; valid (or null) while the lookup client is registered.
+    name: Atomic<*const c_char>,
+    /// The device found, as `ARef::into_raw` gave it, or null.
+    found: Atomic<*mut RegisteredDevice>,
+}
+
+static LOOKUP: Lookup = Lookup {
+    busy: Atomic::new(false),
+    name: Atomic::new(ptr::null()),
+    found: Atomic::new(ptr::null_mut()),
+};
+
+/// The client behind [`RegisteredDevice::get_by_name`]; it never keeps a device.
+struct NameLookup;
+
+static NAME_LOOKUP: ClientTable = ClientTable::new::<NameLookup>(c"rsmc_lookup");
+
+impl IbClient for NameLookup {
+    type Context = ();
+    const TABLE: &'static ClientTable = &NAME_LOOKUP;
+
+    fn add(device: &IbDevice) -> Result<()> {
+        let wanted = LOOKUP.name.load(Acquire);
+        if !wanted.is_null() {
+            // SAFETY: `get_by_name` sets `name` from a `&CStr` that outlives the registration
+            // of this client, and `add` only runs while it is registered.
+            let wanted = unsafe { CStr::from_char_ptr(wanted) }.to_bytes();
+            let mut name = [0; DEVICE_NAME_MAX];
+            let len = device.name(&mut name);
+            if name[..len] == *wanted {
+                if let Some(found) = device.try_get() {
+                    let found = ARef::into_raw(found).as_ptr();
+                    if LOOKUP.found.cmpxchg(ptr::null_mut(), found, Full).is_err() {
+                        // SAFETY: `found` came from `ARef::into_raw` above and was not
+                        // published; this gives its reference back.
+                        drop(unsafe { ARef::from_raw(NonNull::new_unchecked(found)) });
+                    }
+                }
+            }
+        }
+        // Failing `add` keeps the client off the device: no client data, no `remove`.
+        Err(ENODEV)
+    }
+
+    fn remove(_device: &IbDevice, _context: ()) {}
+}
 
 /// What an RDMA client implements: a context per device, created on add, dropped on remove.
 pub(crate) trait IbClient: 'static {

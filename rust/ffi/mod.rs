@@ -12,6 +12,7 @@ pub(crate) mod ib;
 pub(crate) mod kernel_socket;
 pub(crate) mod napi;
 pub(crate) mod sock;
+pub(crate) mod verbs;
 
 use core::cell::UnsafeCell;
 

@@ -58,3 +58,105 @@ void rsmc_dev_put(struct net_device *dev)
 {
 	dev_put(dev);
 }
+
+bool rsmc_ib_device_try_get(struct ib_device *device)
+{
+	return ib_device_try_get(device);
+}
+
+void rsmc_ib_dealloc_pd(struct ib_pd *pd)
+{
+	ib_dealloc_pd(pd);
+}
+
+void rsmc_ib_destroy_cq(struct ib_cq *cq)
+{
+	ib_destroy_cq(cq);
+}
+
+int rsmc_ib_poll_cq(struct ib_cq *cq, int num_entries, struct ib_wc *wc)
+{
+	return ib_poll_cq(cq, num_entries, wc);
+}
+
+int rsmc_ib_req_notify_cq(struct ib_cq *cq, enum ib_cq_notify_flags flags)
+{
+	return ib_req_notify_cq(cq, flags);
+}
+
+int rsmc_ib_destroy_qp(struct ib_qp *qp)
+{
+	return ib_destroy_qp(qp);
+}
+
+int rsmc_ib_post_send(struct ib_qp *qp, const struct ib_send_wr *send_wr,
+		      const struct ib_send_wr **bad_send_wr)
+{
+	return ib_post_send(qp, send_wr, bad_send_wr);
+}
+
+int rsmc_ib_post_recv(struct ib_qp *qp, const struct ib_recv_wr *recv_wr,
+		      const struct ib_recv_wr **bad_recv_wr)
+{
+	return ib_post_recv(qp, recv_wr, bad_recv_wr);
+}
+
+int rsmc_ib_dereg_mr(struct ib_mr *mr)
+{
+	return ib_dereg_mr(mr);
+}
+
+void rsmc_rdma_ah_set_port_num(struct rdma_ah_attr *attr, u32 port_num)
+{
+	rdma_ah_set_port_num(attr, port_num);
+}
+
+void rsmc_rdma_ah_set_grh(struct rdma_ah_attr *attr, union ib_gid *dgid, u32 flow_label,
+			  u8 sgid_index, u8 hop_limit, u8 traffic_class)
+{
+	rdma_ah_set_grh(attr, dgid, flow_label, sgid_index, hop_limit, traffic_class);
+}
+
+void rsmc_rdma_ah_set_dgid_raw(struct rdma_ah_attr *attr, void *dgid)
+{
+	rdma_ah_set_dgid_raw(attr, dgid);
+}
+
+u64 rsmc_ib_dma_map_single(struct ib_device *dev, void *cpu_addr, size_t size,
+			   enum dma_data_direction direction)
+{
+	return ib_dma_map_single(dev, cpu_addr, size, direction);
+}
+
+void rsmc_ib_dma_unmap_single(struct ib_device *dev, u64 addr, size_t size,
+			      enum dma_data_direction direction)
+{
+	ib_dma_unmap_single(dev, addr, size, direction);
+}
+
+int rsmc_ib_dma_mapping_error(struct ib_device *dev, u64 dma_addr)
+{
+	return ib_dma_mapping_error(dev, dma_addr);
+}
+
+void rsmc_ib_dma_sync_single_for_cpu(struct ib_device *dev, u64 addr, size_t size,
+				     enum dma_data_direction dir)
+{
+	ib_dma_sync_single_for_cpu(dev, addr, size, dir);
+}
+
+void rsmc_ib_dma_sync_single_for_device(struct ib_device *dev, u64 addr, size_t size,
+					enum dma_data_direction dir)
+{
+	ib_dma_sync_single_for_device(dev, addr, size, dir);
+}
+
+dma_addr_t *rsmc_sg_dma_address(struct scatterlist *sg)
+{
+	return &sg_dma_address(sg);
+}
+
+unsigned int *rsmc_sg_dma_len(struct scatterlist *sg)
+{
+	return &sg_dma_len(sg);
+}

@@ -24,4 +24,31 @@ void rsmc_sock_set_custom_sockopt(struct socket *sock);
 void rsmc_dev_put(struct net_device *dev);
 sockptr_t rsmc_user_sockptr(void __user *ptr);
 
+bool rsmc_ib_device_try_get(struct ib_device *device);
+void rsmc_ib_dealloc_pd(struct ib_pd *pd);
+void rsmc_ib_destroy_cq(struct ib_cq *cq);
+int rsmc_ib_poll_cq(struct ib_cq *cq, int num_entries, struct ib_wc *wc);
+int rsmc_ib_req_notify_cq(struct ib_cq *cq, enum ib_cq_notify_flags flags);
+int rsmc_ib_destroy_qp(struct ib_qp *qp);
+int rsmc_ib_post_send(struct ib_qp *qp, const struct ib_send_wr *send_wr,
+		      const struct ib_send_wr **bad_send_wr);
+int rsmc_ib_post_recv(struct ib_qp *qp, const struct ib_recv_wr *recv_wr,
+		      const struct ib_recv_wr **bad_recv_wr);
+int rsmc_ib_dereg_mr(struct ib_mr *mr);
+void rsmc_rdma_ah_set_port_num(struct rdma_ah_attr *attr, u32 port_num);
+void rsmc_rdma_ah_set_grh(struct rdma_ah_attr *attr, union ib_gid *dgid, u32 flow_label,
+			  u8 sgid_index, u8 hop_limit, u8 traffic_class);
+void rsmc_rdma_ah_set_dgid_raw(struct rdma_ah_attr *attr, void *dgid);
+u64 rsmc_ib_dma_map_single(struct ib_device *dev, void *cpu_addr, size_t size,
+			   enum dma_data_direction direction);
+void rsmc_ib_dma_unmap_single(struct ib_device *dev, u64 addr, size_t size,
+			      enum dma_data_direction direction);
+int rsmc_ib_dma_mapping_error(struct ib_device *dev, u64 dma_addr);
+void rsmc_ib_dma_sync_single_for_cpu(struct ib_device *dev, u64 addr, size_t size,
+				     enum dma_data_direction dir);
+void rsmc_ib_dma_sync_single_for_device(struct ib_device *dev, u64 addr, size_t size,
+					enum dma_data_direction dir);
+dma_addr_t *rsmc_sg_dma_address(struct scatterlist *sg);
+unsigned int *rsmc_sg_dma_len(struct scatterlist *sg);
+
 #endif /* RSMC_SHIM_H */
