@@ -13,7 +13,7 @@ pub(crate) struct Debugfs {
 }
 
 impl Debugfs {
-    /// Creates `rsmc/devices` (one line per RDMA device: name, NAPI id, poll count).
+    /// Creates `rsmc/devices` (one line per RDMA device: name, NAPI id, counters, netdev).
     pub(crate) fn new() -> impl PinInit<Self, Error> {
         let dir = debugfs::Dir::new(c"rsmc");
         try_pin_init!(Self {

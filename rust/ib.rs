@@ -1,20 +1,40 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! RDMA devices rsmc sees, each with the NAPI instance that will reap its completions.
+//! RDMA devices rsmc sees, each with a protection domain, one completion queue and the NAPI
+//! instance that reaps it.
 
 use crate::{
     ffi::{
         ib::{
-            ClientRegistration, ClientTable, IbClient, IbDevice, DEVICE_NAME_MAX, NETDEV_NAME_MAX,
+            ClientRegistration, ClientTable, IbClient, IbDevice, RegisteredDevice, DEVICE_NAME_MAX,
+            NETDEV_NAME_MAX,
         },
         napi::Napi,
+        verbs::Pd,
     },
     poller::Poller,
 };
 use core::fmt;
-use kernel::{prelude::*, sync::Arc};
+use kernel::{
+    prelude::*,
+    sync::{aref::ARef, Arc},
+};
 
-/// One RDMA device and its poller.
+/// One RDMA device: its protection domain, and its completion queue drained by its NAPI.
+///
+/// # Invariants
+///
+/// Teardown runs in field order, which is what makes it safe:
+///
+/// 1. `napi`: disabling the NAPI waits for a running poll (softirq or busy poller), then its
+///    poller drops the completion queue (unless a queue pair still holds it), which the
+///    driver destroys; from then on no event handler runs. Until then the handler may still
+///    schedule the disabled NAPI, a no-op: the handler's `NapiHandle` keeps the NAPI's memory
+///    until the queue is gone.
+/// 2. `pd`, once no queue pair or memory region holds it.
+/// 3. `dev`: the registration reference that device unregistration waits for.
+///
+/// Nothing here refers back to the `Device`, so dropping the last `Arc` frees it all.
 pub(crate) struct Device {
     name: [u8; DEVICE_NAME_MAX],
     name_len: usize,
@@ -22,6 +42,8 @@ pub(crate) struct Device {
     netdev: [u8; NETDEV_NAME_MAX],
     netdev_len: usize,
     napi: Napi<Poller>,
+    pd: Arc<Pd>,
+    dev: ARef<RegisteredDevice>,
 }
 
 impl Device {
@@ -30,7 +52,14 @@ impl Device {
         let name_len = ibdev.name(&mut name);
         let mut netdev = [0; NETDEV_NAME_MAX];
         let netdev_len = ibdev.netdev_name(1, &mut netdev).unwrap_or(0);
-        let napi = Napi::new(Arc::new(Poller::new(), GFP_KERNEL)?)?;
+        let dev = ibdev.try_get().ok_or(ENODEV)?;
+        let pd = Pd::new(&dev)?;
+        let napi = Napi::new(|handle| Poller::new(&dev, handle))?;
+        // Armed once here; from then on each poll that leaves the NAPI idle re-arms it.
+        if napi.poller().arm()? {
+            napi.schedule();
+        }
+        // INVARIANT: Fields are declared in teardown order.
         Ok(Arc::new(
             Self {
                 name,
@@ -38,9 +67,26 @@ impl Device {
                 netdev,
                 netdev_len,
                 napi,
+                pd,
+                dev,
             },
             GFP_KERNEL,
         )?)
+    }
+
+    /// The device, for the verbs objects of its links (buffers, GID lookups).
+    pub(crate) fn registered(&self) -> &ARef<RegisteredDevice> {
+        &self.dev
+    }
+
+    /// The protection domain of the device's links.
+    pub(crate) fn pd(&self) -> &Arc<Pd> {
+        &self.pd
+    }
+
+    /// The poller: the device's completion queue, its counters and completion sinks.
+    pub(crate) fn poller(&self) -> &Arc<Poller> {
+        self.napi.poller()
     }
 
     fn name(&self) -> &str {
@@ -100,16 +146,29 @@ pub(crate) fn register() -> Result<ClientRegistration> {
     ClientRegistration::new::<RsmcClient>()
 }
 
-/// Writes one line per device: `<name> napi_id <id> polls <n> netdev <netdev>`.
+/// The device named `name`, if rsmc tracks it.
+pub(crate) fn device_by_name(name: &str) -> Option<Arc<Device>> {
+    DEVICES
+        .lock()
+        .iter()
+        .find(|device| device.name() == name)
+        .cloned()
+}
+
+/// Writes one line per device:
+/// `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n> completions <n>`.
 pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for device in DEVICES.lock().iter() {
+        let poller = device.poller();
         writeln!(
             f,
-            "{} napi_id {} polls {} netdev {}",
+            "{} napi_id {} polls {} netdev {} cq_events {} completions {}",
             device.name(),
             device.napi.id(),
-            device.napi.poller().polls(),
-            device.netdev()
+            poller.polls(),
+            device.netdev(),
+            poller.cq_events(),
+            poller.completions()
         )?;
     }
     Ok(())

@@ -9,11 +9,13 @@
 //! Layout (mirrors net/smc): `af_smc` the socket family, `ib` the RDMA device client,
 //! `poller` the per-device NAPI poller, `debugfs` the state tests read, `proto` the pure
 //! protocol core (also built and tested on the host), `ffi` every call into C (`ffi::verbs`
-//! the RDMA verbs objects), `verbs_test` the KUnit suite that runs them over two rxe devices.
+//! the RDMA verbs objects), `verbs_test` the KUnit suite that runs them over two rxe devices,
+//! `cq_napi_test` the one that checks the devices' NAPI instances reap their completions.
 
 use kernel::prelude::*;
 
 mod af_smc;
+mod cq_napi_test;
 mod debugfs;
 mod ffi;
 mod ib;

@@ -31,21 +31,23 @@ static inline int rsmc_enter_netns(const char *name)
 
 /*
  * Looks up @device in rsmc's debugfs device list
- * ("<name> napi_id <id> polls <n> netdev <netdev>" per line). Returns its NAPI id, or -1 if
- * absent; copies its netdev name to @netdev (IFNAMSIZ bytes) if @netdev is not NULL.
+ * ("<name> napi_id <id> polls <n> netdev <netdev> cq_events <n> completions <n>" per line).
+ * Returns its NAPI id, or -1 if absent; copies its netdev name to @netdev (IFNAMSIZ bytes) if
+ * @netdev is not NULL.
  */
 static inline long rsmc_device_lookup(const char *device, char *netdev)
 {
 	char line[256], name[64], dev[16];
 	long napi_id, found = -1;
-	unsigned long long polls;
+	unsigned long long polls, cq_events, completions;
 	FILE *f = fopen(RSMC_DEVICES_FILE, "r");
 
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%63s napi_id %ld polls %llu netdev %15s",
-			   name, &napi_id, &polls, dev) != 4 || strcmp(name, device))
+		if (sscanf(line, "%63s napi_id %ld polls %llu netdev %15s cq_events %llu completions %llu",
+			   name, &napi_id, &polls, dev, &cq_events, &completions) != 6 ||
+		    strcmp(name, device))
 			continue;
 		found = napi_id;
 		if (netdev)
