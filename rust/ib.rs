@@ -139,11 +139,28 @@ impl IbClient for RsmcClient {
     }
 }
 
+/// rsmc's RDMA client; dropping it removes every device and frees the device list.
+pub(crate) struct DeviceTracking {
+    // `Some` until dropped: the client must be unregistered before the list is freed.
+    client: Option<ClientRegistration>,
+}
+
+impl Drop for DeviceTracking {
+    fn drop(&mut self) {
+        // Unregistering calls `remove` for every device, which empties the list.
+        drop(self.client.take());
+        // The list's buffer lives in a static that outlives the module's data: free it.
+        *DEVICES.lock() = KVec::new();
+    }
+}
+
 /// Starts tracking RDMA devices: every present and future device gets a [`Device`].
-pub(crate) fn register() -> Result<ClientRegistration> {
+pub(crate) fn register() -> Result<DeviceTracking> {
     // SAFETY: Called once, from module init, before the client below can use the lock.
     unsafe { DEVICES.init() };
-    ClientRegistration::new::<RsmcClient>()
+    Ok(DeviceTracking {
+        client: Some(ClientRegistration::new::<RsmcClient>()?),
+    })
 }
 
 /// The device named `name`, if rsmc tracks it.

@@ -35,7 +35,7 @@ module! {
 struct Rsmc {
     // Dropped in declaration order: no new sockets, then devices, then debugfs.
     family: ffi::sock::FamilyRegistration,
-    client: ffi::ib::ClientRegistration,
+    client: ib::DeviceTracking,
     #[pin]
     debugfs: debugfs::Debugfs,
 }
@@ -43,7 +43,11 @@ struct Rsmc {
 impl kernel::InPlaceModule for Rsmc {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
-            debugfs <- debugfs::Debugfs::new(),
+            debugfs <- {
+                // Before anything touches a C struct through bindgen's layout.
+                ffi::check_layouts()?;
+                debugfs::Debugfs::new()
+            },
             client: ib::register()?,
             family: af_smc::register()?,
         })

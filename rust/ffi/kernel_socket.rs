@@ -231,9 +231,8 @@ impl KernelSocket {
 
     /// The pending error of the underlying `struct sock` (`sk_err`), without clearing it.
     pub(crate) fn pending_error(&self) -> Option<Error> {
-        // SAFETY: The socket and its `sk` are valid by the type invariant; `sk_err` is read
-        // racily by design (as `sock_poll` readers do).
-        let err = unsafe { core::ptr::read_volatile(&raw const (*(*self.0).sk).sk_err) };
+        // SAFETY: The socket and its `sk` are valid by the type invariant.
+        let err = unsafe { sys::rsmc_sk_err((*self.0).sk) };
         (err != 0).then(|| Error::from_errno(-err))
     }
 }

@@ -14,7 +14,57 @@ pub(crate) mod napi;
 pub(crate) mod sock;
 pub(crate) mod verbs;
 
-use core::cell::UnsafeCell;
+use core::{cell::UnsafeCell, mem::size_of};
+use kernel::prelude::*;
+
+/// The C structs whose fields Rust reads or writes through bindgen's layout, with bindgen's
+/// size of each, in the order of `rsmc_c_struct_sizes` in shim.c.
+const LAYOUT_CHECKED: [(&str, usize); 24] = [
+    ("proto_accept_arg", size_of::<sys::proto_accept_arg>()),
+    ("napi_struct", size_of::<sys::napi_struct>()),
+    ("socket", size_of::<sys::socket>()),
+    ("proto", size_of::<sys::proto>()),
+    ("proto_ops", size_of::<sys::proto_ops>()),
+    ("net_proto_family", size_of::<sys::net_proto_family>()),
+    ("ib_client", size_of::<sys::ib_client>()),
+    ("ib_device", size_of::<sys::ib_device>()),
+    ("net_device", size_of::<sys::net_device>()),
+    ("ib_pd", size_of::<sys::ib_pd>()),
+    ("ib_cq", size_of::<sys::ib_cq>()),
+    ("ib_qp", size_of::<sys::ib_qp>()),
+    ("ib_mr", size_of::<sys::ib_mr>()),
+    ("ib_qp_init_attr", size_of::<sys::ib_qp_init_attr>()),
+    ("ib_qp_attr", size_of::<sys::ib_qp_attr>()),
+    ("ib_send_wr", size_of::<sys::ib_send_wr>()),
+    ("ib_rdma_wr", size_of::<sys::ib_rdma_wr>()),
+    ("ib_reg_wr", size_of::<sys::ib_reg_wr>()),
+    ("ib_recv_wr", size_of::<sys::ib_recv_wr>()),
+    ("ib_sge", size_of::<sys::ib_sge>()),
+    ("ib_wc", size_of::<sys::ib_wc>()),
+    ("ib_cq_init_attr", size_of::<sys::ib_cq_init_attr>()),
+    ("ib_port_attr", size_of::<sys::ib_port_attr>()),
+    ("scatterlist", size_of::<sys::scatterlist>()),
+];
+
+/// Refuses to run if bindgen laid out any struct Rust touches differently from the compiler.
+///
+/// bindgen mis-sizes some config-dependent kernel structs (`struct sock` on the debug kernel
+/// is 64 bytes short), and a wrong layout means Rust writes the wrong fields. The sizes are
+/// compared at load time, against the C compiler's, for every struct whose fields Rust uses.
+pub(crate) fn check_layouts() -> Result {
+    let c_sizes = (&raw const sys::rsmc_c_struct_sizes).cast::<usize>();
+    let mut result = Ok(());
+    for (i, (name, rust_size)) in LAYOUT_CHECKED.iter().enumerate() {
+        // SAFETY: `rsmc_c_struct_sizes` has one entry per element of `LAYOUT_CHECKED` (the
+        // comment in shim.h keeps the two in step) and is constant.
+        let c_size = unsafe { c_sizes.add(i).read() };
+        if c_size != *rust_size {
+            pr_err!("struct {name}: C size {c_size}, bindgen size {rust_size}\n");
+            result = Err(ENOEXEC);
+        }
+    }
+    result
+}
 
 /// A C structure that lives in a `static` and is handed to C by pointer.
 ///

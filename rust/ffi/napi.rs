@@ -193,7 +193,7 @@ impl<T: NapiPoll> Napi<T> {
     /// The NAPI id busy-polling sockets carry (assigned when the NAPI was enabled).
     pub(crate) fn id(&self) -> u32 {
         // SAFETY: The NAPI is valid; the id is fixed while it is enabled (type invariant).
-        unsafe { (*self.dev.napi()).napi_id }
+        unsafe { sys::rsmc_napi_id(self.dev.napi()) }
     }
 
     /// Asks the kernel to run the poll callback (softirq context) unless it already runs.

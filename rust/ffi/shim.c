@@ -3,6 +3,51 @@
 #include <net/busy_poll.h>
 #include "shim.h"
 
+const size_t rsmc_c_struct_sizes[] = {
+	sizeof(struct proto_accept_arg), sizeof(struct napi_struct), sizeof(struct socket), sizeof(struct proto), sizeof(struct proto_ops),
+	sizeof(struct net_proto_family), sizeof(struct ib_client), sizeof(struct ib_device),
+	sizeof(struct net_device), sizeof(struct ib_pd), sizeof(struct ib_cq), sizeof(struct ib_qp),
+	sizeof(struct ib_mr), sizeof(struct ib_qp_init_attr), sizeof(struct ib_qp_attr),
+	sizeof(struct ib_send_wr), sizeof(struct ib_rdma_wr), sizeof(struct ib_reg_wr),
+	sizeof(struct ib_recv_wr), sizeof(struct ib_sge), sizeof(struct ib_wc),
+	sizeof(struct ib_cq_init_attr), sizeof(struct ib_port_attr), sizeof(struct scatterlist),
+};
+
+size_t rsmc_sizeof_sock(void)
+{
+	return sizeof(struct sock);
+}
+
+struct net *rsmc_sock_net(const struct sock *sk)
+{
+	return sock_net(sk);
+}
+
+int rsmc_sk_err(const struct sock *sk)
+{
+	return READ_ONCE(sk->sk_err);
+}
+
+void rsmc_sk_set_err(struct sock *sk, int err)
+{
+	WRITE_ONCE(sk->sk_err, err);
+}
+
+u16 rsmc_sk_protocol(const struct sock *sk)
+{
+	return sk->sk_protocol;
+}
+
+void rsmc_sk_set_protocol(struct sock *sk, u16 protocol)
+{
+	sk->sk_protocol = protocol;
+}
+
+unsigned int rsmc_napi_id(const struct napi_struct *napi)
+{
+	return READ_ONCE(napi->napi_id);
+}
+
 unsigned int rsmc_min_napi_id(void)
 {
 	return MIN_NAPI_ID;

@@ -12,6 +12,23 @@
 #include <rdma/ib_verbs.h>
 
 unsigned int rsmc_min_napi_id(void);
+
+/*
+ * sizeof() of the C structs whose fields rsmc's Rust code reads or writes, in the order of
+ * `LAYOUT_CHECKED` in rust/ffi/mod.rs, so the module refuses to load if bindgen's layout of
+ * any of them differs from the compiler's.
+ */
+extern const size_t rsmc_c_struct_sizes[];
+
+/* struct sock is not among them: its layout depends on the config in ways bindgen gets
+ * wrong (cacheline-aligned groups), so it is reached only through these accessors. */
+struct net *rsmc_sock_net(const struct sock *sk);
+int rsmc_sk_err(const struct sock *sk);
+void rsmc_sk_set_err(struct sock *sk, int err);
+u16 rsmc_sk_protocol(const struct sock *sk);
+void rsmc_sk_set_protocol(struct sock *sk, u16 protocol);
+unsigned int rsmc_napi_id(const struct napi_struct *napi);
+size_t rsmc_sizeof_sock(void);
 void rsmc_netif_napi_add(struct net_device *dev, struct napi_struct *napi,
 			 int (*poll)(struct napi_struct *, int));
 void *rsmc_ib_get_client_data(struct ib_device *device, struct ib_client *client);

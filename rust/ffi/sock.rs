@@ -25,11 +25,24 @@ use kernel::{
 /// `SOL_SOCKET`.
 pub(crate) const SOL_SOCKET: i32 = 1;
 
-/// A `struct sock` followed by its family's Rust state (`proto::obj_size` covers both).
-#[repr(C)]
-struct SockWithState<S> {
-    sk: sys::sock,
-    state: MaybeUninit<S>,
+/// Where a family's Rust state `S` lives in each socket's allocation: right after the
+/// `struct sock`, whose size comes from C (bindgen's `struct sock` is not trusted, see
+/// `check_layouts`). `proto::obj_size` covers both.
+fn state_offset<S>() -> usize {
+    // SAFETY: Returns a constant.
+    let sock_size = unsafe { sys::rsmc_sizeof_sock() };
+    sock_size.next_multiple_of(align_of::<S>())
+}
+
+/// The state of family `T` in the socket allocation of `sk`.
+///
+/// # Safety
+///
+/// `sk` must be a `struct sock` of family `T` allocated with `T::TABLES.proto`.
+unsafe fn state_ptr<T: SocketFamily>(sk: *mut sys::sock) -> *mut MaybeUninit<T::State> {
+    // SAFETY: The proto's `obj_size` includes the state at `state_offset` (see
+    // `FamilyRegistration::new`), so the result stays inside the allocation.
+    unsafe { sk.cast::<u8>().add(state_offset::<T::State>()).cast() }
 }
 
 /// A socket of family `T`, borrowed for the duration of a socket call.
@@ -48,13 +61,9 @@ impl<'a, T: SocketFamily> Socket<'a, T> {
     ///
     /// `sock` must satisfy the type invariant for `'a`.
     unsafe fn from_raw(sock: *mut sys::socket) -> Self {
-        // SAFETY: Per the type invariant `sk` is a `SockWithState<T::State>` whose state was
-        // initialised at creation and is dropped only in `release_callback`.
-        let state = unsafe {
-            (*(*sock).sk.cast::<SockWithState<T::State>>())
-                .state
-                .assume_init_ref()
-        };
+        // SAFETY: Per the type invariant `sk` is ours, and its state was initialised at
+        // creation and is dropped only in `release_callback`.
+        let state = unsafe { (*state_ptr::<T>((*sock).sk)).assume_init_ref() };
         Self { sock, state }
     }
 
@@ -89,17 +98,16 @@ impl SockRef<'_> {
     /// The socket's network namespace.
     pub(super) fn net(&self) -> *mut sys::net {
         // SAFETY: `sk` is valid by the type invariant; its namespace is fixed at creation.
-        unsafe { (*self.0).__sk_common.skc_net.net }
+        unsafe { sys::rsmc_sock_net(self.0) }
     }
 
     /// Sets the socket's pending error (`SO_ERROR`) unless one is pending already.
     pub(crate) fn set_error(&self, err: Error) {
-        // SAFETY: `sk` is valid by the type invariant; `sk_err` is an int read and written
-        // racily by design in the socket layer.
+        // SAFETY: `sk` is valid by the type invariant; `sk_err` is read and written racily
+        // by design in the socket layer (READ_ONCE/WRITE_ONCE).
         unsafe {
-            let sk_err = &raw mut (*self.0).sk_err;
-            if core::ptr::read_volatile(sk_err) == 0 {
-                core::ptr::write_volatile(sk_err, -err.to_errno());
+            if sys::rsmc_sk_err(self.0) == 0 {
+                sys::rsmc_sk_set_err(self.0, -err.to_errno());
             }
         }
     }
@@ -197,8 +205,6 @@ impl FamilyTables {
 
         proto.name = c_name(name);
         proto.owner = owner;
-        // CAST: A `struct sock` plus state is far below 4 GiB.
-        proto.obj_size = size_of::<SockWithState<T::State>>() as c_uint;
 
         ops.family = T::FAMILY;
         ops.owner = owner;
@@ -260,14 +266,14 @@ unsafe fn attach_sk<T: SocketFamily>(
         (*sock).ops = &tables.ops;
         sys::sock_init_data(sock, sk);
         // CAST: protocol was checked by `check_create` (0 or 1 for AF_SMC).
-        (*sk).sk_protocol = protocol as u16;
+        sys::rsmc_sk_set_protocol(sk, protocol as u16);
         sys::rsmc_sock_set_custom_sockopt(sock);
     }
     // INVARIANT: `sk` stays allocated until after `make_state` returns.
     match make_state(&SockRef(sk, PhantomData)) {
         Ok(state) => {
-            // SAFETY: `sk` was allocated with room for `SockWithState<T::State>`.
-            unsafe { (*sk.cast::<SockWithState<T::State>>()).state.write(state) };
+            // SAFETY: `sk` was allocated from `T`'s proto, with room for the state.
+            unsafe { (*state_ptr::<T>(sk)).write(state) };
             Ok(())
         }
         Err(err) => {
@@ -325,9 +331,7 @@ unsafe extern "C" fn release_callback<T: SocketFamily>(sock: *mut sys::socket) -
     // borrows the state; it is dropped exactly once, here. Then `sk` is detached and the
     // reference from `sk_alloc` dropped.
     unsafe {
-        (*sk.cast::<SockWithState<T::State>>())
-            .state
-            .assume_init_drop();
+        (*state_ptr::<T>(sk)).assume_init_drop();
         sys::rsmc_sock_orphan(sk);
         (*sock).sk = core::ptr::null_mut();
         sys::rsmc_sock_put(sk);
@@ -378,10 +382,8 @@ socket_call!(
             let (flags, kern) = unsafe { ((*arg).flags, (*arg).kern) };
             let state = T::accept(&socket, flags)?;
             let net = socket.sk().net();
-            let protocol = i32::from(
-                // SAFETY: The listening socket's sk is valid.
-                unsafe { (*socket.sk().0).sk_protocol },
-            );
+            // SAFETY: The listening socket's sk is valid.
+            let protocol = i32::from(unsafe { sys::rsmc_sk_protocol(socket.sk().0) });
             let mut state = Some(state);
             // SAFETY: `newsock` is the fresh socket the socket layer made for this accept,
             // with our ops already set; `net` is the listener's namespace.
@@ -486,8 +488,12 @@ impl FamilyRegistration {
     /// Fails with `EEXIST` if another module owns the family.
     pub(crate) fn new<T: SocketFamily>() -> Result<Self> {
         let tables = T::TABLES;
+        let obj_size = c_uint::try_from(state_offset::<T::State>() + size_of::<T::State>())
+            .map_err(|_| EINVAL)?;
         // SAFETY: `tables.proto` is a `'static` proto that is not registered yet (only this
-        // function registers it, and `Drop` unregisters it).
+        // function registers it, and `Drop` unregisters it), so nothing else reads it.
+        unsafe { (*tables.proto.get()).obj_size = obj_size };
+        // SAFETY: As above; registering hands it to the socket layer until `drop`.
         to_result(unsafe { sys::proto_register(tables.proto.get(), 1) })?;
         // SAFETY: `tables.family` is `'static` and valid.
         let ret = unsafe { sys::sock_register(&tables.family) };
