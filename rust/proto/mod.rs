@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Protocol core of rsmc: ring-cursor arithmetic and the CLC and CDC wire formats.
+//! Protocol core of rsmc: ring-cursor arithmetic, the CLC and CDC wire formats and the
+//! connection data-path state machine.
 //!
 //! Everything here is plain `core` Rust with no kernel dependencies, so the same code runs in the
 //! module and in host unit tests. Decoders accept arbitrary bytes from the network and never
@@ -8,4 +9,5 @@
 
 pub mod cdc;
 pub mod clc;
+pub mod conn;
 pub mod ring;
