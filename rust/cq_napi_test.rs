@@ -15,7 +15,7 @@
 mod tests {
     use crate::{
         ffi::{
-            ib::RoceGid,
+            ib::{v4_mapped, RoceGid},
             verbs::{
                 Access, DmaBuffer, DmaDirection, Qp, RemoteQp, WcOpcode, WcStatus, WorkCompletion,
             },
@@ -133,7 +133,7 @@ mod tests {
     impl Host {
         fn new(name: &str, addr: [u8; 4]) -> Result<Self> {
             let device = ib::device_by_name(name).ok_or(ENODEV)?;
-            let gid = device.registered().find_roce_v2_gid(addr)?;
+            let gid = device.registered().find_roce_v2_gid(v4_mapped(addr))?;
             let sink = RecordingSink::new()?;
             let registration = device.poller().register_sink(sink.clone())?;
             let cq = device.poller().cq();

@@ -6,8 +6,8 @@
 use crate::{
     ffi::{
         ib::{
-            ClientRegistration, ClientTable, IbClient, IbDevice, RegisteredDevice, DEVICE_NAME_MAX,
-            NETDEV_NAME_MAX,
+            ClientRegistration, ClientTable, IbClient, IbDevice, RegisteredDevice, RoceGid,
+            DEVICE_NAME_MAX, NETDEV_NAME_MAX,
         },
         napi::Napi,
         verbs::Pd,
@@ -170,6 +170,16 @@ pub(crate) fn device_by_name(name: &str) -> Option<Arc<Device>> {
         .iter()
         .find(|device| device.name() == name)
         .cloned()
+}
+
+/// The device with a RoCE v2 GID for the IP address `ip` (IPv4 as `::ffff:a.b.c.d`), i.e.
+/// the device of the netdev that has the address: routing picked that netdev for the
+/// connection that has `ip` as its local address.
+pub(crate) fn device_for_ip(ip: [u8; 16]) -> Option<(Arc<Device>, RoceGid)> {
+    DEVICES.lock().iter().find_map(|device| {
+        let gid = device.registered().find_roce_v2_gid(ip).ok()?;
+        Some((device.clone(), gid))
+    })
 }
 
 /// Writes one line per device:

@@ -28,7 +28,7 @@ use kernel::{
 };
 
 /// Completion queue entries per device, shared by the send and receive queues of its links.
-const CQ_ENTRIES: u32 = 1024;
+const CQ_ENTRIES: u32 = 8192;
 /// Completions reaped per `ib_poll_cq` call.
 const POLL_BATCH: usize = 16;
 /// A `wr_id`'s top bits name the [`CompletionSink`] its completion goes to.
@@ -212,7 +212,10 @@ impl NapiPoll for Poller {
 
 /// A [`CompletionSink`] registered with a [`Poller`]; unregistered on drop.
 ///
-/// After the drop a poll already running may still hand the sink one more completion.
+/// Dropping it waits for a poll that is running to finish, so afterwards the sink gets no
+/// more completions and the poller holds no reference to it. It must be dropped in process
+/// context (it sleeps), never from the sink itself, and while the device's NAPI is enabled
+/// (hold the device's `Arc`).
 pub(crate) struct SinkRegistration {
     poller: Arc<Poller>,
     id: u16,
@@ -234,6 +237,8 @@ impl Drop for SinkRegistration {
             .position(|(id, _)| *id == self.id)
             .and_then(|i| sinks.remove(i).ok());
         drop(sinks);
+        // A poll that found the sink before it was removed may still be calling it.
+        self.poller.events.napi.synchronize();
         // The sink is dropped unlocked, with IRQs on: its destructor may sleep.
         drop(removed);
     }

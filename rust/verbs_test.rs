@@ -14,7 +14,7 @@
 #[kernel::prelude::kunit_tests(rsmc_verbs)]
 mod tests {
     use crate::ffi::{
-        ib::{RegisteredDevice, RoceGid},
+        ib::{v4_mapped, RegisteredDevice, RoceGid},
         verbs::{
             Access, Cq, CqHandler, DmaBuffer, DmaDirection, Mr, Pd, Qp, RemoteQp, WcOpcode,
             WcStatus, WorkCompletion,
@@ -88,7 +88,7 @@ mod tests {
     impl Host {
         fn new(name: &CStr, addr: [u8; 4]) -> Result<Self> {
             let dev = RegisteredDevice::get_by_name(name)?;
-            let gid = dev.find_roce_v2_gid(addr)?;
+            let gid = dev.find_roce_v2_gid(v4_mapped(addr))?;
             let pd = Pd::new(&dev)?;
             let handler = Arc::new(
                 CountingHandler {

@@ -4,6 +4,8 @@
 #include <linux/netdevice.h>
 #include <linux/net.h>
 #include <linux/socket.h>
+#include <linux/in.h>
+#include <linux/in6.h>
 #include <net/busy_poll.h>
 #include <net/sock.h>
 #include <rdma/ib_cache.h>

@@ -5,9 +5,15 @@
 use super::sys;
 use kernel::{
     error::{to_result, Error},
-    ffi::{c_int, c_uint, c_ulong},
+    ffi::{c_int, c_long, c_uint, c_ulong},
     prelude::*,
     types::Opaque,
+    uaccess::UserSlice,
+};
+use core::{marker::PhantomData, mem::size_of};
+use kernel::sync::{
+    atomic::{Atomic, Relaxed},
+    Arc, ArcBorrow,
 };
 
 /// A socket address as passed to `bind`/`connect` (`struct sockaddr_unsized`), borrowed.
@@ -49,7 +55,7 @@ macro_rules! borrow_from_raw {
                 unsafe { &mut *ptr.cast::<Self>() }
             }
 
-            fn as_raw(&mut self) -> *mut $raw {
+            pub(super) fn as_raw(&mut self) -> *mut $raw {
                 self.0.get()
             }
         }
@@ -62,6 +68,21 @@ borrow_from_raw!(
     File: sys::file,
     PollTable: sys::poll_table_struct,
 );
+
+impl MsgHdr {
+    /// The `MSG_*` flags of a `sendmsg` call (`msg_flags`; `MSG_DONTWAIT` included for
+    /// non-blocking files).
+    pub(crate) fn flags(&mut self) -> i32 {
+        // SAFETY: The header is valid for the borrow.
+        unsafe { sys::rsmc_msg_flags(self.as_raw()) }
+    }
+
+    /// The message's data iterator, for copies to and from it.
+    pub(super) fn iter(&mut self) -> *mut sys::iov_iter {
+        // SAFETY: The header is valid for the borrow; no reference is created.
+        unsafe { &raw mut (*self.as_raw()).msg_iter }
+    }
+}
 
 impl SockPtr {
     pub(super) fn from_raw(ptr: sys::sockptr_t) -> Self {
@@ -76,6 +97,25 @@ impl SockPtr {
 impl UserPtr {
     pub(super) fn from_raw(ptr: *mut kernel::ffi::c_void) -> Self {
         Self(ptr)
+    }
+
+    fn slice(self, len: usize) -> UserSlice {
+        UserSlice::new(kernel::uaccess::UserPtr::from_ptr(self.0), len)
+    }
+
+    /// Reads an `int` (e.g. a `getsockopt` option length).
+    pub(crate) fn read_i32(self) -> Result<i32> {
+        self.slice(size_of::<i32>()).reader().read()
+    }
+
+    /// Writes an `int`.
+    pub(crate) fn write_i32(self, value: i32) -> Result {
+        self.slice(size_of::<i32>()).writer().write(&value)
+    }
+
+    /// Writes `data`.
+    pub(crate) fn write_bytes(self, data: &[u8]) -> Result {
+        self.slice(data.len()).writer().write_slice(data)
     }
 }
 
@@ -99,6 +139,10 @@ const AF_INET6: c_int = 10;
 const IPPROTO_TCP: c_int = 6;
 /// `SOCK_STREAM`.
 const SOCK_STREAM: c_int = 1;
+/// `MSG_WAITALL`.
+const MSG_WAITALL: c_int = 0x100;
+/// `MSG_NOSIGNAL`.
+const MSG_NOSIGNAL: c_uint = 0x4000;
 
 impl KernelSocket {
     /// Creates a TCP socket (IPv6 if `ipv6`) in the network namespace of `owner`.
@@ -229,12 +273,240 @@ impl KernelSocket {
         Ok(ret)
     }
 
+    fn sk(&self) -> *mut sys::sock {
+        // SAFETY: The socket is valid by the type invariant and has an `sk` until released.
+        unsafe { (*self.0).sk }
+    }
+
+    /// Sends all of `data`, blocking as long as it takes (`SO_SNDTIMEO` of this socket).
+    pub(crate) fn send_all(&self, data: &[u8]) -> Result {
+        let mut sent = 0;
+        while let Some(rest) = data.get(sent..).filter(|rest| !rest.is_empty()) {
+            let mut vec = sys::kvec {
+                iov_base: rest.as_ptr().cast_mut().cast(),
+                iov_len: rest.len(),
+            };
+            let mut msg = sys::msghdr {
+                msg_flags: MSG_NOSIGNAL,
+                ..Default::default()
+            };
+            // SAFETY: The socket is valid; `vec` describes `rest`, which the kernel only
+            // reads, and outlives the call.
+            let ret = unsafe { sys::kernel_sendmsg(self.0, &mut msg, &mut vec, 1, rest.len()) };
+            to_result(ret)?;
+            if ret == 0 {
+                return Err(EPIPE);
+            }
+            // CAST: Positive after the checks.
+            sent += ret as usize;
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` from the stream, waiting at most `timeout` jiffies per wait.
+    ///
+    /// Fails with `EAGAIN` if the time runs out first and `ECONNRESET` if the peer closed.
+    pub(crate) fn recv_exact(&self, buf: &mut [u8], timeout: c_long) -> Result {
+        let sk = self.sk();
+        // SAFETY: `sk` is valid. The timeout of the socket's own `SO_RCVTIMEO` is restored
+        // below; no other caller receives on the socket while this one does.
+        let saved = unsafe { sys::rsmc_sock_rcvtimeo(sk, false) };
+        // SAFETY: As above.
+        unsafe { sys::rsmc_sk_set_rcvtimeo(sk, timeout) };
+        let mut received = 0;
+        let result = loop {
+            let Some(rest) = buf.get_mut(received..).filter(|rest| !rest.is_empty()) else {
+                break Ok(());
+            };
+            let mut vec = sys::kvec {
+                iov_base: rest.as_mut_ptr().cast(),
+                iov_len: rest.len(),
+            };
+            let mut msg = sys::msghdr::default();
+            // SAFETY: The socket is valid; `vec` describes `rest`, writable for the call.
+            let ret = unsafe {
+                sys::kernel_recvmsg(self.0, &mut msg, &mut vec, 1, rest.len(), MSG_WAITALL)
+            };
+            match ret {
+                0 => break Err(ECONNRESET),
+                // CAST: Positive.
+                n if n > 0 => received += n as usize,
+                err => break to_result(err),
+            }
+        };
+        // SAFETY: As above.
+        unsafe { sys::rsmc_sk_set_rcvtimeo(sk, saved) };
+        result
+    }
+
+    /// The socket's receive buffer size (`SO_RCVBUF` as stored, i.e. doubled).
+    pub(crate) fn rcvbuf(&self) -> u32 {
+        // SAFETY: `sk` is valid.
+        let rcvbuf = unsafe { sys::rsmc_sk_rcvbuf(self.sk()) };
+        u32::try_from(rcvbuf).unwrap_or(0)
+    }
+
+    /// Asks TCP to offer the SMC option in this socket's SYN (client) or to accept it in
+    /// SYNs (listener); takes effect while an [`super::sock::SmcSynOption`] lives.
+    pub(crate) fn set_syn_smc(&self, on: bool) {
+        // SAFETY: `sk` is a valid TCP socket (all kernel sockets rsmc makes are).
+        unsafe { sys::rsmc_tcp_set_syn_smc(self.sk(), on) };
+    }
+
+    /// Whether the connection negotiated the SMC option: both SYNs carried it.
+    pub(crate) fn syn_smc(&self) -> bool {
+        // SAFETY: As for `set_syn_smc`.
+        unsafe { sys::rsmc_tcp_syn_smc(self.sk()) }
+    }
+
+    /// The local IP address of the connection as an IPv6 address (IPv4 as `::ffff:a.b.c.d`).
+    pub(crate) fn local_ip(&self) -> Result<[u8; 16]> {
+        /// Room for any socket address (`struct sockaddr_storage`).
+        #[repr(C, align(8))]
+        struct Storage([u8; 128]);
+        let mut storage = Storage([0; 128]);
+        // SAFETY: The socket is valid; `storage` has room for any address.
+        let len = unsafe { sys::kernel_getsockname(self.0, storage.0.as_mut_ptr().cast()) };
+        to_result(len)?;
+        let bytes = &storage.0;
+        let family = c_int::from(u16::from_ne_bytes([bytes[0], bytes[1]]));
+        let mut ip = [0u8; 16];
+        match family {
+            // `struct sockaddr_in`: the address at offset 4.
+            AF_INET => {
+                ip[10] = 0xff;
+                ip[11] = 0xff;
+                ip[12..].copy_from_slice(&bytes[4..8]);
+            }
+            // `struct sockaddr_in6`: the address at offset 8.
+            AF_INET6 => ip.copy_from_slice(&bytes[8..24]),
+            _ => return Err(EAFNOSUPPORT),
+        }
+        Ok(ip)
+    }
+
     /// The pending error of the underlying `struct sock` (`sk_err`), without clearing it.
     pub(crate) fn pending_error(&self) -> Option<Error> {
         // SAFETY: The socket and its `sk` are valid by the type invariant.
         let err = unsafe { sys::rsmc_sk_err((*self.0).sk) };
         (err != 0).then(|| Error::from_errno(-err))
     }
+}
+
+/// What a [`DataReadyHook`] calls when its socket has data, or (a listener) a connection.
+pub(crate) trait DataReady: Send + Sync + 'static {
+    /// Called in softirq context with the socket locked: must not sleep.
+    fn data_ready(this: ArcBorrow<'_, Self>);
+}
+
+/// Diverts a kernel socket's data-ready callback to a [`DataReady`] target until dropped; the
+/// socket's own waiters are no longer woken (rsmc never waits on such a socket).
+///
+/// # Invariants
+///
+/// While `hooked` is set the socket's `sk_data_ready` is `data_ready_callback::<T>` and its
+/// `sk_user_data` an `Arc<T>` from `Arc::into_raw`; `old` is the callback it replaced.
+pub(crate) struct DataReadyHook<T: DataReady> {
+    sock: Arc<KernelSocket>,
+    old: sys::rsmc_sk_callback,
+    /// Cleared by the first [`DataReadyHook::unhook`].
+    hooked: Atomic<bool>,
+    _target: PhantomData<T>,
+}
+
+impl<T: DataReady> DataReadyHook<T> {
+    /// Makes `sock` call `target` when it has data or a connection; fails with `EBUSY` if
+    /// something else already owns the socket's user data.
+    pub(crate) fn new(sock: Arc<KernelSocket>, target: Arc<T>) -> Result<Self> {
+        let user = Arc::into_raw(target).cast_mut().cast();
+        let mut old_user = core::ptr::null_mut();
+        // SAFETY: `sk` is valid; the callback matches the user data stored with it.
+        let old = unsafe {
+            sys::rsmc_sk_swap_data_ready(
+                sock.sk(),
+                Some(data_ready_callback::<T>),
+                user,
+                &mut old_user,
+            )
+        };
+        if !old_user.is_null() {
+            let mut ours = core::ptr::null_mut();
+            // SAFETY: Puts back what was there; `ours` gets the pointer stored above.
+            unsafe { sys::rsmc_sk_swap_data_ready(sock.sk(), old, old_user, &mut ours) };
+            // SAFETY: `ours` is the `Arc::into_raw` pointer stored above, taken back once.
+            drop(unsafe { Arc::from_raw(ours.cast::<T>()) });
+            return Err(EBUSY);
+        }
+        // INVARIANT: The callback and user data were stored above.
+        Ok(Self {
+            sock,
+            old,
+            hooked: Atomic::new(true),
+            _target: PhantomData,
+        })
+    }
+}
+
+impl<T: DataReady> DataReadyHook<T> {
+    /// Gives a connection accepted from the hooked listener its own data-ready callback back
+    /// (TCP copies the listener's callback and user data into each new connection).
+    pub(crate) fn restore_accepted(&self, child: &KernelSocket) {
+        let mut user = core::ptr::null_mut();
+        // SAFETY: `child` is valid; its user data is a copy of the listener's, not a
+        // reference of its own, so dropping it is right.
+        unsafe {
+            sys::rsmc_sk_swap_data_ready(child.sk(), self.old, core::ptr::null_mut(), &mut user)
+        };
+    }
+}
+
+impl<T: DataReady> DataReadyHook<T> {
+    /// Puts the socket's own callback back and drops the target's reference; later calls do
+    /// nothing.
+    pub(crate) fn unhook(&self) {
+        if !self.hooked.xchg(false, Relaxed) {
+            return;
+        }
+        let mut user = core::ptr::null_mut();
+        // SAFETY: `sk` is valid (we hold the socket). After the swap, which takes the callback
+        // lock that `data_ready_callback` holds while it uses the target, no call uses it.
+        unsafe {
+            sys::rsmc_sk_swap_data_ready(self.sock.sk(), self.old, core::ptr::null_mut(), &mut user)
+        };
+        // SAFETY: `hooked` was set, so by the type invariant `user` is the `Arc<T>` stored in
+        // `new`; `hooked` is now clear, so it is taken back only once.
+        drop(unsafe { Arc::from_raw(user.cast::<T>()) });
+    }
+}
+
+impl<T: DataReady> Drop for DataReadyHook<T> {
+    fn drop(&mut self) {
+        self.unhook();
+    }
+}
+
+/// The `sk_data_ready` of a socket with a [`DataReadyHook<T>`].
+///
+/// # Safety
+///
+/// Called by the network stack with a valid socket.
+unsafe extern "C" fn data_ready_callback<T: DataReady>(sk: *mut sys::sock) {
+    // Connections made by the hooked listener inherit this callback and a copy of its user
+    // data until `restore_accepted`; nobody waits on them before that, and their copy of the
+    // pointer is not theirs to use.
+    // SAFETY: `sk` is valid.
+    if !unsafe { sys::rsmc_sk_is_listening(sk) } {
+        return;
+    }
+    // SAFETY: `sk` is valid; the lock keeps the user data from being swapped out meanwhile.
+    let user = unsafe { sys::rsmc_sk_user_data_lock(sk) };
+    if !user.is_null() {
+        // SAFETY: While the hook lives the user data is its `Arc<T>` (type invariant), which
+        // cannot be dropped while we hold the callback lock.
+        T::data_ready(unsafe { ArcBorrow::from_raw(user.cast::<T>()) });
+    }
+    // SAFETY: Locked above.
+    unsafe { sys::rsmc_sk_user_data_unlock(sk) };
 }
 
 impl Drop for KernelSocket {

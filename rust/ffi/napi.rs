@@ -157,6 +157,13 @@ impl NapiHandle {
     pub(crate) fn schedule(&self) {
         self.0.schedule();
     }
+
+    /// Waits until a poll running now (softirq or busy poller) has finished. Sleeps; the NAPI
+    /// must still be enabled (a disabled one stays marked scheduled).
+    pub(crate) fn synchronize(&self) {
+        // SAFETY: The NAPI is added (type invariant of `NapiDev`); waiting only reads its state.
+        unsafe { sys::rsmc_napi_synchronize(self.0.napi()) };
+    }
 }
 
 /// An enabled NAPI instance with its own dummy netdev, polled by a `T`.
