@@ -9,17 +9,20 @@
 
 use crate::{
     clc::{self, Outcome},
-    connection::Connection,
+    connection::{epoll, Connection},
+    connector::Connector,
     listener::Listener,
-    proto::clc::DeclineCode,
     ffi::{
         kernel_socket::{
             File, KernelSocket, MsgHdr, PollTable, SockAddr, SockAddrOut, SockPtr, UserPtr,
         },
-        sock::{FamilyRegistration, FamilyTables, SockRef, Socket, SocketFamily, SOL_SOCKET},
+        sock::{
+            FamilyRegistration, FamilyTables, Sock, SockRef, Socket, SocketFamily, SOL_SOCKET,
+        },
     },
 };
 use kernel::{
+    ffi::c_long,
     prelude::*,
     sync::{
         aref::ARef,
@@ -39,6 +42,8 @@ const SMCPROTO_SMC6: i32 = 1;
 const SOCK_STREAM: i32 = 1;
 /// `O_NONBLOCK`.
 const O_NONBLOCK: i32 = 0o4000;
+/// `MSG_DONTWAIT`.
+const MSG_DONTWAIT: i32 = 0x40;
 /// `SOL_SMC` and its options, from `include/uapi/linux/rsmc.h`.
 const SOL_SMC: i32 = 286;
 const RSMC_INFO: i32 = 64;
@@ -84,40 +89,28 @@ impl Info {
     }
 }
 
-/// The state of one `AF_SMC` socket.
-pub(crate) struct SmcSock {
-    /// The internal TCP socket: handshake channel, and the data path on fallback.
-    clc: Arc<KernelSocket>,
-    /// Set by `listen`: the connections handshaken for `accept`.
-    listener: SetOnce<Arc<Listener>>,
+/// How a socket carries its data once its handshake ended: shared with the work item that
+/// finishes a non-blocking connect.
+pub(crate) struct Transport {
     /// The RDMA connection, once the handshake set one up.
     rdma: SetOnce<Arc<Connection>>,
     /// `MODE_*`: set once, when the handshake ends.
     mode: Atomic<u32>,
     fallback_reason: Atomic<u32>,
     peer_decline_code: Atomic<u32>,
-    tcp_tx_bytes: Atomic<u64>,
-    tcp_rx_bytes: Atomic<u64>,
 }
 
-impl SmcSock {
-    /// The state of a socket whose internal TCP socket is `clc`.
-    pub(crate) fn new(clc: Arc<KernelSocket>) -> Self {
-        Self {
-            clc,
-            listener: SetOnce::new(),
-            rdma: SetOnce::new(),
-            mode: Atomic::new(MODE_NONE),
-            fallback_reason: Atomic::new(0),
-            peer_decline_code: Atomic::new(0),
-            tcp_tx_bytes: Atomic::new(0),
-            tcp_rx_bytes: Atomic::new(0),
-        }
-    }
-
-    /// The internal TCP socket.
-    pub(crate) fn clc(&self) -> &KernelSocket {
-        &self.clc
+impl Transport {
+    fn new() -> Result<Arc<Self>> {
+        Ok(Arc::new(
+            Self {
+                rdma: SetOnce::new(),
+                mode: Atomic::new(MODE_NONE),
+                fallback_reason: Atomic::new(0),
+                peer_decline_code: Atomic::new(0),
+            },
+            GFP_KERNEL,
+        )?)
     }
 
     /// Records how the handshake ended.
@@ -135,13 +128,86 @@ impl SmcSock {
         }
     }
 
+    fn mode(&self) -> u32 {
+        self.mode.load(Relaxed)
+    }
+
+    fn rdma(&self) -> Option<&Arc<Connection>> {
+        self.rdma.as_ref()
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        // A connection whose socket is gone without `release` closing it (never accepted, or
+        // set up by a connect the socket's close cut short) is aborted; after `release` this
+        // finds the connection closed already.
+        if let Some(conn) = self.rdma.as_ref() {
+            conn.close(true);
+        }
+    }
+}
+
+/// The state of one `AF_SMC` socket.
+pub(crate) struct SmcSock {
+    /// The internal TCP socket: handshake channel, and the data path on fallback.
+    clc: Arc<KernelSocket>,
+    /// Set by `listen`: the connections handshaken for `accept`.
+    listener: SetOnce<Arc<Listener>>,
+    /// Set by a `connect` that returned `EINPROGRESS`: the rest of it.
+    connector: SetOnce<Arc<Connector>>,
+    transport: Arc<Transport>,
+    tcp_tx_bytes: Atomic<u64>,
+    tcp_rx_bytes: Atomic<u64>,
+}
+
+impl SmcSock {
+    /// The state of a socket whose internal TCP socket is `clc`.
+    pub(crate) fn new(clc: Arc<KernelSocket>) -> Result<Self> {
+        Ok(Self {
+            clc,
+            listener: SetOnce::new(),
+            connector: SetOnce::new(),
+            transport: Transport::new()?,
+            tcp_tx_bytes: Atomic::new(0),
+            tcp_rx_bytes: Atomic::new(0),
+        })
+    }
+
+    /// The internal TCP socket.
+    pub(crate) fn clc(&self) -> &KernelSocket {
+        &self.clc
+    }
+
+    /// Records how the handshake ended.
+    pub(crate) fn settle(&self, outcome: Outcome) {
+        self.transport.settle(outcome);
+    }
+
+    /// A non-blocking connect still in progress.
+    fn connecting(&self) -> Option<&Arc<Connector>> {
+        self.connector
+            .as_ref()
+            .filter(|connector| connector.in_progress())
+    }
+
+    /// Waits (up to `*timeo`) for a non-blocking connect to finish, as TCP's send and receive
+    /// wait for its connect: the handshake owns the TCP connection until then.
+    fn wait_connected(&self, sk: &Sock, mut timeo: c_long) -> Result {
+        match self.connecting() {
+            Some(connector) => sk.wait_until(&mut timeo, || !connector.in_progress()),
+            None => Ok(()),
+        }
+    }
+
     fn info(&self) -> Info {
+        let transport = &self.transport;
         let (rdma_tx_bytes, rdma_rx_bytes) =
-            self.rdma.as_ref().map_or((0, 0), |conn| conn.rdma_bytes());
+            transport.rdma().map_or((0, 0), |conn| conn.rdma_bytes());
         Info {
-            mode: self.mode.load(Relaxed),
-            fallback_reason: self.fallback_reason.load(Relaxed),
-            peer_decline_code: self.peer_decline_code.load(Relaxed),
+            mode: transport.mode(),
+            fallback_reason: transport.fallback_reason.load(Relaxed),
+            peer_decline_code: transport.peer_decline_code.load(Relaxed),
             rdma_tx_bytes,
             rdma_rx_bytes,
             tcp_tx_bytes: self.tcp_tx_bytes.load(Relaxed),
@@ -173,7 +239,7 @@ impl SocketFamily for AfSmc {
 
     fn new_state(sk: &SockRef<'_>, protocol: i32) -> Result<SmcSock> {
         let clc = KernelSocket::new_tcp(sk, protocol == SMCPROTO_SMC6)?;
-        Ok(SmcSock::new(Arc::new(clc, GFP_KERNEL)?))
+        SmcSock::new(Arc::new(clc, GFP_KERNEL)?)
     }
 
     fn bind(sock: &Socket<'_, Self>, addr: &mut SockAddr, len: i32) -> Result {
@@ -182,25 +248,34 @@ impl SocketFamily for AfSmc {
 
     fn connect(sock: &Socket<'_, Self>, addr: &mut SockAddr, len: i32, flags: i32) -> Result {
         let state = sock.state();
-        if state.mode.load(Relaxed) != MODE_NONE {
+        if let Some(connector) = state.connector.as_ref() {
+            if connector.in_progress() {
+                return Err(EALREADY);
+            }
+            if state.transport.mode() == MODE_NONE {
+                // The connect failed; its error was reported through SO_ERROR or is now.
+                return Err(sock.sk().take_error().unwrap_or(ECONNABORTED));
+            }
+        }
+        if state.transport.mode() != MODE_NONE {
             return state.clc.connect(addr, len, flags);
         }
-        // A non-blocking connect returns before the TCP connection exists, so the handshake
-        // would have to run later, outside the call; until that is built such sockets do not
-        // offer SMC and stay plain TCP (the peer sees a plain TCP client).
-        let nonblock = flags & O_NONBLOCK != 0;
-        state.clc.set_syn_smc(!nonblock);
-        let connected = state.clc.connect(addr, len, flags);
-        if nonblock {
-            if matches!(connected, Ok(()) | Err(EINPROGRESS)) {
-                state.settle(Outcome::Fallback {
-                    reason: DeclineCode::PEERNOSMC,
-                    peer_code: DeclineCode(0),
-                });
+        state.clc.set_syn_smc(true);
+        match state.clc.connect(addr, len, flags) {
+            Ok(()) => {}
+            // Non-blocking, or a blocking connect that ran out of SO_SNDTIMEO: the TCP
+            // connect goes on, and the handshake after it, in the background.
+            Err(err) if err == EINPROGRESS => {
+                let sk = ARef::from(&*sock.sk());
+                let connector = Connector::start(state.clc.clone(), sk, state.transport.clone())?;
+                if !state.connector.populate(connector.clone()) {
+                    connector.cancel();
+                    return Err(EALREADY);
+                }
+                return Err(EINPROGRESS);
             }
-            return connected;
+            Err(err) => return Err(err),
         }
-        connected?;
         let outcome = clc::client(&state.clc);
         if let Outcome::Rdma(conn) = &outcome {
             conn.set_socket(ARef::from(&*sock.sk()));
@@ -211,7 +286,7 @@ impl SocketFamily for AfSmc {
 
     fn listen(sock: &Socket<'_, Self>, backlog: i32) -> Result {
         let state = sock.state();
-        if state.mode.load(Relaxed) != MODE_NONE {
+        if state.transport.mode() != MODE_NONE || state.connector.as_ref().is_some() {
             return Err(EINVAL);
         }
         state.clc.set_syn_smc(true);
@@ -230,7 +305,7 @@ impl SocketFamily for AfSmc {
     }
 
     fn accepted(sock: &Socket<'_, Self>) {
-        if let Some(conn) = sock.state().rdma.as_ref() {
+        if let Some(conn) = sock.state().transport.rdma() {
             conn.set_socket(ARef::from(&*sock.sk()));
         }
     }
@@ -241,7 +316,12 @@ impl SocketFamily for AfSmc {
 
     fn poll(sock: &Socket<'_, Self>, file: &mut File, wait: Option<&mut PollTable>) -> u32 {
         let state = sock.state();
-        if let Some(conn) = state.rdma.as_ref() {
+        if state.connecting().is_some() {
+            // Not writable until connected, as TCP; the work item wakes this socket.
+            sock.poll_wait(file, wait);
+            return if sock.sk().has_error() { epoll::ERR } else { 0 };
+        }
+        if let Some(conn) = state.transport.rdma() {
             sock.poll_wait(file, wait);
             return conn.poll_mask();
         }
@@ -250,18 +330,25 @@ impl SocketFamily for AfSmc {
             return listener.poll_mask();
         }
         let clc = &state.clc;
-        let mask = clc.poll(file, wait);
+        let mut mask = clc.poll(file, wait);
         // SO_ERROR is answered from this socket's `sk_err`: mirror the TCP socket's error
-        // (e.g. a refused non-blocking connect) so pollers that then ask for it see it.
+        // (e.g. a refused connect) so pollers that then ask for it see it.
         if let Some(err) = clc.pending_error() {
             sock.sk().set_error(err);
+        }
+        // A failed non-blocking connect left its error here, not on the TCP socket.
+        if sock.sk().has_error() {
+            mask |= epoll::ERR;
         }
         mask
     }
 
     fn shutdown(sock: &Socket<'_, Self>, how: i32) -> Result {
         let state = sock.state();
-        match state.rdma.as_ref() {
+        if state.connecting().is_some() {
+            return Err(ENOTCONN);
+        }
+        match state.transport.rdma() {
             Some(conn) => match how {
                 SHUT_RD => conn.shutdown(true, false),
                 SHUT_WR => conn.shutdown(false, true),
@@ -313,11 +400,13 @@ impl SocketFamily for AfSmc {
 
     fn sendmsg(sock: &Socket<'_, Self>, msg: &mut MsgHdr, len: usize) -> Result<usize> {
         let state = sock.state();
-        if let Some(conn) = state.rdma.as_ref() {
-            return conn.sendmsg(&sock.sk(), msg, len);
+        let sk = sock.sk();
+        state.wait_connected(&sk, sk.sndtimeo(msg.flags() & MSG_DONTWAIT != 0))?;
+        if let Some(conn) = state.transport.rdma() {
+            return conn.sendmsg(&sk, msg, len);
         }
         let sent = state.clc.sendmsg(msg, len)?;
-        if state.mode.load(Relaxed) != MODE_NONE {
+        if state.transport.mode() != MODE_NONE {
             state.tcp_tx_bytes.add(sent as u64, Relaxed);
         }
         Ok(sent)
@@ -325,11 +414,13 @@ impl SocketFamily for AfSmc {
 
     fn recvmsg(sock: &Socket<'_, Self>, msg: &mut MsgHdr, len: usize, flags: i32) -> Result<usize> {
         let state = sock.state();
-        if let Some(conn) = state.rdma.as_ref() {
-            return conn.recvmsg(&sock.sk(), msg, len, flags);
+        let sk = sock.sk();
+        state.wait_connected(&sk, sk.rcvtimeo(flags & MSG_DONTWAIT != 0))?;
+        if let Some(conn) = state.transport.rdma() {
+            return conn.recvmsg(&sk, msg, len, flags);
         }
         let received = state.clc.recvmsg(msg, len, flags)?;
-        if state.mode.load(Relaxed) != MODE_NONE {
+        if state.transport.mode() != MODE_NONE {
             state.tcp_rx_bytes.add(received as u64, Relaxed);
         }
         Ok(received)
@@ -343,21 +434,14 @@ impl SocketFamily for AfSmc {
         // Dropping the state releases the TCP socket, which closes it gracefully (unsent
         // data drains, SO_LINGER honoured) or aborts it as TCP would.
         let state = sock.state();
-        if let Some(conn) = state.rdma.as_ref() {
+        if let Some(connector) = state.connector.as_ref() {
+            connector.cancel();
+        }
+        if let Some(conn) = state.transport.rdma() {
             conn.close(sock.sk().linger_zero());
         }
         if let Some(listener) = state.listener.as_ref() {
             listener.close();
-        }
-    }
-}
-
-impl Drop for SmcSock {
-    fn drop(&mut self) {
-        // A connection never accepted (its listener closed) is aborted; after `release` this
-        // finds the connection closed already.
-        if let Some(conn) = self.rdma.as_ref() {
-            conn.close(true);
         }
     }
 }

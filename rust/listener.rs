@@ -123,7 +123,9 @@ impl Listener {
             let Ok(child) = Arc::new(child, GFP_KERNEL) else {
                 continue;
             };
-            let state = SmcSock::new(child);
+            let Ok(state) = SmcSock::new(child) else {
+                continue;
+            };
             state.settle(clc::server(state.clc()));
             // Without memory for the queue entry the connection is closed, as TCP drops a
             // connection it cannot queue.

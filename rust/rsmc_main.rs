@@ -18,6 +18,7 @@ use kernel::prelude::*;
 mod af_smc;
 mod clc;
 mod connection;
+mod connector;
 mod cq_napi_test;
 mod debugfs;
 mod ffi;

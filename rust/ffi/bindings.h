@@ -8,6 +8,7 @@
 #include <linux/in6.h>
 #include <net/busy_poll.h>
 #include <net/sock.h>
+#include <net/tcp.h>
 #include <rdma/ib_cache.h>
 #include <rdma/ib_verbs.h>
 #include "shim.h"

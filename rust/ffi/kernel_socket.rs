@@ -391,6 +391,56 @@ impl KernelSocket {
         let err = unsafe { sys::rsmc_sk_err((*self.0).sk) };
         (err != 0).then(|| Error::from_errno(-err))
     }
+
+    /// Waits up to `*timeo` jiffies for a connect in progress (a non-blocking `connect`) to
+    /// finish (`sk_stream_wait_connect`); `Ok` once the connection is established.
+    ///
+    /// Fails with the connection's error (taken, as `SO_ERROR` would), `EPIPE` if it closed
+    /// without one, `EAGAIN` when the time ran out.
+    pub(crate) fn wait_connected(&self, timeo: &mut c_long) -> Result {
+        // `TCPF_*` bits of the TCP states (`include/net/tcp_states.h`).
+        const TCPF_ESTABLISHED: u32 = 1 << 1;
+        const TCPF_SYN_SENT: u32 = 1 << 2;
+        const TCPF_SYN_RECV: u32 = 1 << 3;
+        const TCPF_CLOSE_WAIT: u32 = 1 << 8;
+        let sk = self.sk();
+        let tcpf = |state: c_int| 1u32.checked_shl(state.unsigned_abs()).unwrap_or(0);
+        // SAFETY: `sk` is valid; `sk_stream_wait_connect` runs with the socket lock held, as
+        // it requires, and releases it only while sleeping.
+        let (err, state) = unsafe {
+            sys::rsmc_lock_sock(sk);
+            let connecting = tcpf(sys::rsmc_sk_state(sk)) & (TCPF_SYN_SENT | TCPF_SYN_RECV) != 0;
+            let err = if connecting {
+                sys::sk_stream_wait_connect(sk, timeo)
+            } else {
+                0
+            };
+            let state = sys::rsmc_sk_state(sk);
+            sys::release_sock(sk);
+            (err, state)
+        };
+        if tcpf(state) & (TCPF_ESTABLISHED | TCPF_CLOSE_WAIT) != 0 {
+            return Ok(());
+        }
+        // `EPIPE` means "not connecting any more": the pending error, if any, says why.
+        if err != 0 && err != EPIPE.to_errno() {
+            return Err(Error::from_errno(err));
+        }
+        // SAFETY: `sk` is valid; `sock_error` exchanges `sk_err` atomically.
+        let pending = unsafe { sys::rsmc_sock_error(sk) };
+        Err(if pending != 0 {
+            Error::from_errno(pending)
+        } else {
+            EPIPE
+        })
+    }
+
+    /// Resets the connection at once (`tcp_abort`), waking anyone waiting on it with `err`.
+    pub(crate) fn abort(&self, err: Error) {
+        // SAFETY: `sk` is a valid TCP socket; `tcp_abort` takes the socket lock itself. Its
+        // only failure is for sockets that are already closed, which is the goal anyway.
+        unsafe { sys::tcp_abort(self.sk(), -err.to_errno()) };
+    }
 }
 
 /// What a [`DataReadyHook`] calls when its socket has data, or (a listener) a connection.

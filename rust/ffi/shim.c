@@ -353,3 +353,13 @@ int rsmc_sock_error(struct sock *sk)
 {
 	return sock_error(sk);
 }
+
+void rsmc_lock_sock(struct sock *sk)
+{
+	lock_sock(sk);
+}
+
+int rsmc_sk_state(const struct sock *sk)
+{
+	return READ_ONCE(sk->sk_state);
+}

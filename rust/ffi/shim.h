@@ -98,6 +98,8 @@ rsmc_sk_callback rsmc_sk_swap_data_ready(struct sock *sk, rsmc_sk_callback ready
 void *rsmc_sk_user_data_lock(struct sock *sk);
 void rsmc_sk_user_data_unlock(struct sock *sk);
 bool rsmc_sk_is_listening(const struct sock *sk);
+void rsmc_lock_sock(struct sock *sk);
+int rsmc_sk_state(const struct sock *sk);
 int rsmc_sock_error(struct sock *sk);
 bool rsmc_sk_linger_zero(const struct sock *sk);
 

@@ -177,6 +177,12 @@ impl Sock {
         (err != 0).then(|| Error::from_errno(err))
     }
 
+    /// Whether an error is pending (`SO_ERROR` would report one).
+    pub(crate) fn has_error(&self) -> bool {
+        // SAFETY: `sk` is valid; `sk_err` is read racily by design.
+        unsafe { sys::rsmc_sk_err(self.as_raw()) != 0 }
+    }
+
     /// Whether `SO_LINGER` is on with a zero timeout: closing aborts the connection.
     pub(crate) fn linger_zero(&self) -> bool {
         // SAFETY: `sk` is valid; the flag and time are read racily by design.
