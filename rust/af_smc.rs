@@ -113,10 +113,15 @@ impl Transport {
         )?)
     }
 
-    /// Records how the handshake ended.
-    pub(crate) fn settle(&self, outcome: Outcome) {
+    /// Records how the handshake over `clc` ended.
+    pub(crate) fn settle(&self, outcome: Outcome, clc: &Arc<KernelSocket>) {
         match outcome {
             Outcome::Rdma(conn) => {
+                // Without the watch the connection still works; it only misses a peer whose
+                // device went away without a word.
+                if conn.watch_tcp(clc.clone()).is_err() {
+                    pr_warn!("connection not tied to its TCP connection\n");
+                }
                 self.rdma.populate(conn);
                 self.mode.store(MODE_RDMA, Relaxed);
             }
@@ -181,7 +186,7 @@ impl SmcSock {
 
     /// Records how the handshake ended.
     pub(crate) fn settle(&self, outcome: Outcome) {
-        self.transport.settle(outcome);
+        self.transport.settle(outcome, &self.clc);
     }
 
     /// A non-blocking connect still in progress.

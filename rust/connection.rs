@@ -22,7 +22,7 @@
 use crate::{
     ffi::{
         ib::RoceGid,
-        kernel_socket::MsgHdr,
+        kernel_socket::{HookedEvent, KernelSocket, MsgHdr, SockEvents, SockHook},
         sock::Sock,
         verbs::{Access, DmaBuffer, DmaDirection, Mr, Qp, RemoteQp, WcStatus, WorkCompletion},
     },
@@ -42,7 +42,7 @@ use kernel::{
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
-        new_spinlock_irq, Arc, Mutex, SetOnce, SpinLockIrq,
+        new_spinlock_irq, Arc, ArcBorrow, Mutex, SetOnce, SpinLockIrq,
     },
     time::{delay::fsleep, Delta, Instant, Monotonic},
 };
@@ -193,6 +193,9 @@ pub(crate) struct Connection {
     wr_base: Atomic<u64>,
     /// The socket to wake; set once the connection belongs to one.
     sk: SetOnce<ARef<Sock>>,
+    /// Watches the handshake's TCP connection, which lives as long as this one: its reset
+    /// (the peer's device went, or its keepalive failed) ends this connection too.
+    tcp_watch: SetOnce<SockHook<Connection>>,
     /// One sender and one receiver at a time, as the socket lock gives TCP.
     #[pin]
     tx_lock: Mutex<()>,
@@ -229,6 +232,7 @@ impl Connection {
                 registration <- new_mutex!(None),
                 wr_base: Atomic::new(0),
                 sk: SetOnce::new(),
+                tcp_watch: SetOnce::new(),
                 tx_lock <- new_mutex!(()),
                 rx_lock <- new_mutex!(()),
                 rdma_tx_bytes: Atomic::new(0),
@@ -239,8 +243,11 @@ impl Connection {
         let registration = poller.register_sink(this.clone())?;
         this.wr_base.store(registration.wr_id(0), Relaxed);
         *this.registration.lock() = Some(registration);
-        let posted = (0..RQ_DEPTH).try_for_each(|slot| this.post_recv(&new_link, slot));
-        if let Err(err) = posted {
+        let started = new_link
+            .device
+            .attach(this.clone())
+            .and_then(|()| (0..RQ_DEPTH).try_for_each(|slot| this.post_recv(&new_link, slot)));
+        if let Err(err) = started {
             this.abandon();
             return Err(err);
         }
@@ -318,6 +325,25 @@ impl Connection {
     /// Makes `sk` the socket this connection wakes.
     pub(crate) fn set_socket(&self, sk: ARef<Sock>) {
         self.sk.populate(sk);
+    }
+
+    /// Ties the connection to its handshake's TCP connection `clc` (see `tcp_watch`).
+    pub(crate) fn watch_tcp(self: &Arc<Self>, clc: Arc<KernelSocket>) -> Result {
+        let hook = SockHook::new(clc, HookedEvent::ErrorReport, self.clone())?;
+        if !self.tcp_watch.populate(hook) {
+            return Err(EBUSY);
+        }
+        // A connection abandoned meanwhile did not see the hook to undo it.
+        if self.state.lock().closing {
+            self.unwatch_tcp();
+        }
+        Ok(())
+    }
+
+    fn unwatch_tcp(&self) {
+        if let Some(hook) = self.tcp_watch.as_ref() {
+            hook.unhook();
+        }
     }
 
     /// Payload bytes written to the peer and read from our ring.
@@ -766,26 +792,65 @@ impl Connection {
             state.error.is_none()
         };
         if healthy {
-            if let Ok(link) = self.link() {
-                if self.send_cdc(&link, false).is_ok() {
-                    let start = Instant::<Monotonic>::now();
-                    while self.state.lock().sq_free < SQ_DEPTH && start.elapsed() < CLOSE_TIMEOUT {
-                        fsleep(Delta::from_micros(100));
-                    }
-                }
-            }
+            self.send_last_cdc();
         }
         self.abandon();
+    }
+
+    /// Sends the cursor message with the closing flags and waits briefly for it to leave.
+    fn send_last_cdc(&self) {
+        let Ok(link) = self.link() else {
+            return;
+        };
+        if self.send_cdc(&link, false).is_ok() {
+            let start = Instant::<Monotonic>::now();
+            while self.state.lock().sq_free < SQ_DEPTH && start.elapsed() < CLOSE_TIMEOUT {
+                fsleep(Delta::from_micros(100));
+            }
+        }
     }
 
     /// Releases the device resources without telling the peer (a handshake that failed, or the
     /// end of [`Connection::close`]): no completion reaches this connection afterwards.
     pub(crate) fn abandon(&self) {
         self.state.lock().closing = true;
+        self.unwatch_tcp();
         let link = self.link.lock().take();
         // Waits for a poll that may still be handing us a completion.
         drop(self.registration.lock().take());
-        drop(link);
+        if let Some(link) = link {
+            link.device.detach(self);
+        }
+    }
+
+    /// The device is going away: the connection fails (`ECONNABORTED`, as stock SMC's
+    /// smc_conn_kill), aborts towards the peer (the device still works while its clients are
+    /// removed) and releases the device.
+    pub(crate) fn device_removed(&self) {
+        self.fail(ECONNABORTED);
+        let tell_peer = {
+            let mut state = self.state.lock();
+            let open = !state.closing;
+            state.conn.abort();
+            state.closing = true;
+            open
+        };
+        if tell_peer {
+            self.send_last_cdc();
+        }
+        // The message may not get out (rxe stops receiving acknowledgements before its
+        // clients are removed): resetting the TCP connection tells the peer for sure.
+        self.unwatch_tcp();
+        if let Some(hook) = self.tcp_watch.as_ref() {
+            hook.socket().abort(ECONNABORTED);
+        }
+        self.abandon();
+    }
+}
+
+impl SockEvents for Connection {
+    fn error_report(this: ArcBorrow<'_, Self>, err: Error) {
+        this.fail(err);
     }
 }
 

@@ -89,7 +89,7 @@ impl Connector {
                 if let Outcome::Rdma(conn) = &outcome {
                     conn.set_socket(self.sk.clone());
                 }
-                self.transport.settle(outcome);
+                self.transport.settle(outcome, &self.clc);
             }
             Ok(()) => {}
             // As stock SMC: a connect that timed out reports a broken pipe.

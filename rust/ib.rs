@@ -4,6 +4,7 @@
 //! instance that reaps it.
 
 use crate::{
+    connection::Connection,
     ffi::{
         ib::{
             ClientRegistration, ClientTable, IbClient, IbDevice, RegisteredDevice, RoceGid,
@@ -16,8 +17,9 @@ use crate::{
 };
 use core::fmt;
 use kernel::{
+    new_mutex,
     prelude::*,
-    sync::{aref::ARef, Arc},
+    sync::{aref::ARef, Arc, Mutex},
 };
 
 /// One RDMA device: its protection domain, and its completion queue drained by its NAPI.
@@ -34,13 +36,18 @@ use kernel::{
 /// 2. `pd`, once no queue pair or memory region holds it.
 /// 3. `dev`: the registration reference that device unregistration waits for.
 ///
-/// Nothing here refers back to the `Device`, so dropping the last `Arc` frees it all.
+/// Connections refer to their device, which lists them until they end (see
+/// [`Device::attach`]), so the last `Arc` goes once the device is removed and its
+/// connections are gone; dropping it frees everything.
+#[pin_data]
 pub(crate) struct Device {
     name: [u8; DEVICE_NAME_MAX],
     name_len: usize,
     /// The netdev of port 1 when the device appeared (rxe binds it at creation).
     netdev: [u8; NETDEV_NAME_MAX],
     netdev_len: usize,
+    #[pin]
+    connections: Mutex<Connections>,
     napi: Napi<Poller>,
     pd: Arc<Pd>,
     dev: ARef<RegisteredDevice>,
@@ -60,18 +67,55 @@ impl Device {
             napi.schedule();
         }
         // INVARIANT: Fields are declared in teardown order.
-        Ok(Arc::new(
-            Self {
+        Arc::pin_init(
+            try_pin_init!(Self {
                 name,
                 name_len,
                 netdev,
                 netdev_len,
+                connections <- new_mutex!(Connections {
+                    removed: false,
+                    list: KVec::new(),
+                }),
                 napi,
                 pd,
                 dev,
-            },
+            }? Error),
             GFP_KERNEL,
-        )?)
+        )
+    }
+
+    /// Lists `conn` as using this device, so that removing the device ends it; fails with
+    /// `ENODEV` once the device is being removed. Every listed connection must
+    /// [`Device::detach`] itself when it releases the device.
+    pub(crate) fn attach(&self, conn: Arc<Connection>) -> Result {
+        let mut connections = self.connections.lock();
+        if connections.removed {
+            return Err(ENODEV);
+        }
+        connections.list.push(conn, GFP_KERNEL)?;
+        Ok(())
+    }
+
+    /// Takes `conn` off the list of connections using this device.
+    pub(crate) fn detach(&self, conn: &Connection) {
+        self.connections
+            .lock()
+            .list
+            .retain(|listed| !core::ptr::eq(&**listed, conn));
+    }
+
+    /// Ends every connection on the device and refuses new ones: it is going away.
+    fn remove_connections(&self) {
+        let doomed = {
+            let mut connections = self.connections.lock();
+            connections.removed = true;
+            core::mem::take(&mut connections.list)
+        };
+        // Unlocked: each connection detaches itself as it releases the device.
+        for conn in doomed.iter() {
+            conn.device_removed();
+        }
     }
 
     /// The device, for the verbs objects of its links (buffers, GID lookups).
@@ -99,6 +143,13 @@ impl Device {
             len => ascii_name(&self.netdev[..len]),
         }
     }
+}
+
+/// The connections using a device.
+struct Connections {
+    /// Set when the device is being removed: no connection may start using it.
+    removed: bool,
+    list: KVec<Arc<Connection>>,
 }
 
 /// Device and netdev names are printable ASCII (the kernel enforces it); anything else
@@ -132,9 +183,12 @@ impl IbClient for RsmcClient {
     }
 
     fn remove(_ibdev: &IbDevice, device: Arc<Device>) {
+        // First unlisted, so that no new connection picks it; then its connections end, and
+        // with them their references: unregistration waits for those.
         DEVICES
             .lock()
             .retain(|listed| !Arc::ptr_eq(listed, &device));
+        device.remove_connections();
         pr_info!("device {} removed\n", device.name());
     }
 }

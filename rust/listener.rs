@@ -13,7 +13,7 @@ use crate::{
     clc,
     connection::epoll,
     ffi::{
-        kernel_socket::{DataReady, DataReadyHook, KernelSocket},
+        kernel_socket::{HookedEvent, KernelSocket, SockEvents, SockHook},
         sock::Sock,
     },
 };
@@ -38,7 +38,7 @@ pub(crate) struct Listener {
     /// The listening `AF_SMC` socket, woken when a connection is ready.
     sk: ARef<Sock>,
     /// Gives accepted TCP connections their callbacks back; set right after creation.
-    hook: SetOnce<DataReadyHook<Listener>>,
+    hook: SetOnce<SockHook<Listener>>,
     #[pin]
     ready: Mutex<KVec<SmcSock>>,
     closed: Atomic<bool>,
@@ -68,7 +68,11 @@ impl Listener {
         )?;
         listener
             .hook
-            .populate(DataReadyHook::new(hooked, listener.clone())?);
+            .populate(SockHook::new(
+                hooked,
+                HookedEvent::ListenerDataReady,
+                listener.clone(),
+            )?);
         Ok(listener)
     }
 
@@ -136,7 +140,7 @@ impl Listener {
     }
 }
 
-impl DataReady for Listener {
+impl SockEvents for Listener {
     fn data_ready(this: ArcBorrow<'_, Self>) {
         // Already queued is fine: the queued run takes every pending connection.
         let _ = workqueue::system().enqueue(Arc::<Self>::from(this));

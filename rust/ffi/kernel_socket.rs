@@ -443,46 +443,86 @@ impl KernelSocket {
     }
 }
 
-/// What a [`DataReadyHook`] calls when its socket has data, or (a listener) a connection.
-pub(crate) trait DataReady: Send + Sync + 'static {
-    /// Called in softirq context with the socket locked: must not sleep.
-    fn data_ready(this: ArcBorrow<'_, Self>);
+/// Socket events a [`SockHook`] passes on. Both run in softirq context with the socket locked
+/// (or from its owner's process context): they must not sleep.
+pub(crate) trait SockEvents: Send + Sync + 'static {
+    /// The hooked listening socket has a connection to accept.
+    fn data_ready(_this: ArcBorrow<'_, Self>) {}
+
+    /// The hooked connection failed with `err` (reset, keepalive or retransmission timeout).
+    fn error_report(_this: ArcBorrow<'_, Self>, _err: Error) {}
 }
 
-/// Diverts a kernel socket's data-ready callback to a [`DataReady`] target until dropped; the
-/// socket's own waiters are no longer woken (rsmc never waits on such a socket).
+/// The socket callback a [`SockHook`] takes over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HookedEvent {
+    /// `sk_data_ready` of a listening socket: its own waiters are no longer woken (rsmc never
+    /// waits on such a socket).
+    ListenerDataReady,
+    /// `sk_error_report`: the socket's own waiters are no longer woken of errors.
+    ErrorReport,
+}
+
+impl HookedEvent {
+    /// Swaps in `callback` and `user` as one step; returns the old callback and user data.
+    ///
+    /// # Safety
+    ///
+    /// `sk` must be valid, and `callback` must expect `user` as the socket's user data.
+    unsafe fn swap(
+        self,
+        sk: *mut sys::sock,
+        callback: sys::rsmc_sk_callback,
+        user: *mut kernel::ffi::c_void,
+    ) -> (sys::rsmc_sk_callback, *mut kernel::ffi::c_void) {
+        let mut old_user = core::ptr::null_mut();
+        // SAFETY: The caller's promise; both shims swap under `sk_callback_lock`.
+        let old = unsafe {
+            match self {
+                Self::ListenerDataReady => {
+                    sys::rsmc_sk_swap_data_ready(sk, callback, user, &mut old_user)
+                }
+                Self::ErrorReport => {
+                    sys::rsmc_sk_swap_error_report(sk, callback, user, &mut old_user)
+                }
+            }
+        };
+        (old, old_user)
+    }
+
+    fn callback<T: SockEvents>(self) -> sys::rsmc_sk_callback {
+        match self {
+            Self::ListenerDataReady => Some(data_ready_callback::<T>),
+            Self::ErrorReport => Some(error_report_callback::<T>),
+        }
+    }
+}
+
+/// Diverts one callback of a kernel socket to a [`SockEvents`] target until dropped.
 ///
 /// # Invariants
 ///
-/// While `hooked` is set the socket's `sk_data_ready` is `data_ready_callback::<T>` and its
+/// While `hooked` is set the socket's callback for `event` is `event.callback::<T>()` and its
 /// `sk_user_data` an `Arc<T>` from `Arc::into_raw`; `old` is the callback it replaced.
-pub(crate) struct DataReadyHook<T: DataReady> {
+pub(crate) struct SockHook<T: SockEvents> {
     sock: Arc<KernelSocket>,
+    event: HookedEvent,
     old: sys::rsmc_sk_callback,
-    /// Cleared by the first [`DataReadyHook::unhook`].
+    /// Cleared by the first [`SockHook::unhook`].
     hooked: Atomic<bool>,
     _target: PhantomData<T>,
 }
 
-impl<T: DataReady> DataReadyHook<T> {
-    /// Makes `sock` call `target` when it has data or a connection; fails with `EBUSY` if
-    /// something else already owns the socket's user data.
-    pub(crate) fn new(sock: Arc<KernelSocket>, target: Arc<T>) -> Result<Self> {
+impl<T: SockEvents> SockHook<T> {
+    /// Makes `sock` call `target` on `event`; fails with `EBUSY` if something else already
+    /// owns the socket's user data.
+    pub(crate) fn new(sock: Arc<KernelSocket>, event: HookedEvent, target: Arc<T>) -> Result<Self> {
         let user = Arc::into_raw(target).cast_mut().cast();
-        let mut old_user = core::ptr::null_mut();
         // SAFETY: `sk` is valid; the callback matches the user data stored with it.
-        let old = unsafe {
-            sys::rsmc_sk_swap_data_ready(
-                sock.sk(),
-                Some(data_ready_callback::<T>),
-                user,
-                &mut old_user,
-            )
-        };
+        let (old, old_user) = unsafe { event.swap(sock.sk(), event.callback::<T>(), user) };
         if !old_user.is_null() {
-            let mut ours = core::ptr::null_mut();
-            // SAFETY: Puts back what was there; `ours` gets the pointer stored above.
-            unsafe { sys::rsmc_sk_swap_data_ready(sock.sk(), old, old_user, &mut ours) };
+            // SAFETY: Puts back what was there; `ours` is the pointer stored above.
+            let (_, ours) = unsafe { event.swap(sock.sk(), old, old_user) };
             // SAFETY: `ours` is the `Arc::into_raw` pointer stored above, taken back once.
             drop(unsafe { Arc::from_raw(ours.cast::<T>()) });
             return Err(EBUSY);
@@ -490,57 +530,70 @@ impl<T: DataReady> DataReadyHook<T> {
         // INVARIANT: The callback and user data were stored above.
         Ok(Self {
             sock,
+            event,
             old,
             hooked: Atomic::new(true),
             _target: PhantomData,
         })
     }
-}
 
-impl<T: DataReady> DataReadyHook<T> {
+    /// The hooked socket.
+    pub(crate) fn socket(&self) -> &KernelSocket {
+        &self.sock
+    }
+
     /// Gives a connection accepted from the hooked listener its own data-ready callback back
     /// (TCP copies the listener's callback and user data into each new connection).
     pub(crate) fn restore_accepted(&self, child: &KernelSocket) {
-        let mut user = core::ptr::null_mut();
         // SAFETY: `child` is valid; its user data is a copy of the listener's, not a
         // reference of its own, so dropping it is right.
-        unsafe {
-            sys::rsmc_sk_swap_data_ready(child.sk(), self.old, core::ptr::null_mut(), &mut user)
-        };
+        unsafe { self.event.swap(child.sk(), self.old, core::ptr::null_mut()) };
     }
-}
 
-impl<T: DataReady> DataReadyHook<T> {
     /// Puts the socket's own callback back and drops the target's reference; later calls do
     /// nothing.
     pub(crate) fn unhook(&self) {
         if !self.hooked.xchg(false, Relaxed) {
             return;
         }
-        let mut user = core::ptr::null_mut();
         // SAFETY: `sk` is valid (we hold the socket). After the swap, which takes the callback
-        // lock that `data_ready_callback` holds while it uses the target, no call uses it.
-        unsafe {
-            sys::rsmc_sk_swap_data_ready(self.sock.sk(), self.old, core::ptr::null_mut(), &mut user)
-        };
+        // lock that the callbacks hold while they use the target, no call uses it.
+        let (_, user) = unsafe { self.event.swap(self.sock.sk(), self.old, core::ptr::null_mut()) };
         // SAFETY: `hooked` was set, so by the type invariant `user` is the `Arc<T>` stored in
         // `new`; `hooked` is now clear, so it is taken back only once.
         drop(unsafe { Arc::from_raw(user.cast::<T>()) });
     }
 }
 
-impl<T: DataReady> Drop for DataReadyHook<T> {
+impl<T: SockEvents> Drop for SockHook<T> {
     fn drop(&mut self) {
         self.unhook();
     }
 }
 
-/// The `sk_data_ready` of a socket with a [`DataReadyHook<T>`].
+/// Calls `f` with the target of a hooked socket, if it still has one.
+///
+/// # Safety
+///
+/// `sk` must be valid, and a non-null user data must be the `Arc<T>` of a [`SockHook<T>`].
+unsafe fn with_target<T: SockEvents>(sk: *mut sys::sock, f: impl FnOnce(ArcBorrow<'_, T>)) {
+    // SAFETY: `sk` is valid; the lock keeps the user data from being swapped out meanwhile.
+    let user = unsafe { sys::rsmc_sk_user_data_lock(sk) };
+    if !user.is_null() {
+        // SAFETY: The caller's promise; the `Arc` cannot be dropped while we hold the
+        // callback lock.
+        f(unsafe { ArcBorrow::from_raw(user.cast::<T>()) });
+    }
+    // SAFETY: Locked above.
+    unsafe { sys::rsmc_sk_user_data_unlock(sk) };
+}
+
+/// The `sk_data_ready` of a listening socket with a [`SockHook<T>`].
 ///
 /// # Safety
 ///
 /// Called by the network stack with a valid socket.
-unsafe extern "C" fn data_ready_callback<T: DataReady>(sk: *mut sys::sock) {
+unsafe extern "C" fn data_ready_callback<T: SockEvents>(sk: *mut sys::sock) {
     // Connections made by the hooked listener inherit this callback and a copy of its user
     // data until `restore_accepted`; nobody waits on them before that, and their copy of the
     // pointer is not theirs to use.
@@ -548,15 +601,24 @@ unsafe extern "C" fn data_ready_callback<T: DataReady>(sk: *mut sys::sock) {
     if !unsafe { sys::rsmc_sk_is_listening(sk) } {
         return;
     }
-    // SAFETY: `sk` is valid; the lock keeps the user data from being swapped out meanwhile.
-    let user = unsafe { sys::rsmc_sk_user_data_lock(sk) };
-    if !user.is_null() {
-        // SAFETY: While the hook lives the user data is its `Arc<T>` (type invariant), which
-        // cannot be dropped while we hold the callback lock.
-        T::data_ready(unsafe { ArcBorrow::from_raw(user.cast::<T>()) });
+    // SAFETY: `sk` is valid; a listener's user data is its hook's (type invariant of
+    // `SockHook`).
+    unsafe { with_target::<T>(sk, T::data_ready) };
+}
+
+/// The `sk_error_report` of a socket with a [`SockHook<T>`].
+///
+/// # Safety
+///
+/// Called by the network stack with a valid socket.
+unsafe extern "C" fn error_report_callback<T: SockEvents>(sk: *mut sys::sock) {
+    // SAFETY: `sk` is valid; `sk_err` is read racily by design.
+    let err = unsafe { sys::rsmc_sk_err(sk) };
+    if err == 0 {
+        return;
     }
-    // SAFETY: Locked above.
-    unsafe { sys::rsmc_sk_user_data_unlock(sk) };
+    // SAFETY: `sk` is valid; its user data is its hook's (type invariant of `SockHook`).
+    unsafe { with_target::<T>(sk, |target| T::error_report(target, Error::from_errno(-err))) };
 }
 
 impl Drop for KernelSocket {

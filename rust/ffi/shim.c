@@ -333,6 +333,21 @@ rsmc_sk_callback rsmc_sk_swap_data_ready(struct sock *sk, rsmc_sk_callback ready
 	return old;
 }
 
+/* Swaps the error-report callback and its user data as one step under sk_callback_lock. */
+rsmc_sk_callback rsmc_sk_swap_error_report(struct sock *sk, rsmc_sk_callback report, void *user,
+					   void **old_user)
+{
+	rsmc_sk_callback old;
+
+	write_lock_bh(&sk->sk_callback_lock);
+	old = sk->sk_error_report;
+	*old_user = sk->sk_user_data;
+	sk->sk_error_report = report;
+	sk->sk_user_data = user;
+	write_unlock_bh(&sk->sk_callback_lock);
+	return old;
+}
+
 void *rsmc_sk_user_data_lock(struct sock *sk)
 {
 	read_lock_bh(&sk->sk_callback_lock);

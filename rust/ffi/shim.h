@@ -95,6 +95,8 @@ int rsmc_sk_rcvbuf(const struct sock *sk);
 typedef void (*rsmc_sk_callback)(struct sock *sk);
 rsmc_sk_callback rsmc_sk_swap_data_ready(struct sock *sk, rsmc_sk_callback ready, void *user,
 					 void **old_user);
+rsmc_sk_callback rsmc_sk_swap_error_report(struct sock *sk, rsmc_sk_callback report, void *user,
+					   void **old_user);
 void *rsmc_sk_user_data_lock(struct sock *sk);
 void rsmc_sk_user_data_unlock(struct sock *sk);
 bool rsmc_sk_is_listening(const struct sock *sk);
