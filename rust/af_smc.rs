@@ -11,15 +11,13 @@ use crate::{
     clc::{self, Outcome},
     connection::{epoll, Connection},
     connector::Connector,
-    listener::Listener,
     ffi::{
         kernel_socket::{
             File, KernelSocket, MsgHdr, PollTable, SockAddr, SockAddrOut, SockPtr, UserPtr,
         },
-        sock::{
-            FamilyRegistration, FamilyTables, Sock, SockRef, Socket, SocketFamily, SOL_SOCKET,
-        },
+        sock::{FamilyRegistration, FamilyTables, Sock, SockRef, Socket, SocketFamily, SOL_SOCKET},
     },
+    listener::Listener,
 };
 use kernel::{
     ffi::c_long,

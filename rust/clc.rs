@@ -141,7 +141,10 @@ fn skip_foreign(clc: &KernelSocket, head: &[u8]) {
     let mut scratch = [0u8; 256];
     while left > 0 {
         let chunk = left.min(scratch.len());
-        if clc.recv_exact(&mut scratch[..chunk], wait_jiffies()).is_err() {
+        if clc
+            .recv_exact(&mut scratch[..chunk], wait_jiffies())
+            .is_err()
+        {
             return;
         }
         left -= chunk;

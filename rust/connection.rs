@@ -280,7 +280,8 @@ impl Connection {
         } else {
             peer.mtu
         };
-        link.qp.modify_to_rtr(link.gid.port, link.gid.index, &peer.qp, mtu)?;
+        link.qp
+            .modify_to_rtr(link.gid.port, link.gid.index, &peer.qp, mtu)?;
         link.qp.modify_to_rts(link.psn)?;
         let tx_buf = DmaBuffer::new(
             link.device.registered(),
@@ -366,7 +367,8 @@ impl Connection {
         let sge = link
             .cdc_rx
             .sge(slot as usize * CDC_SLOT, CDC_SLOT, link.lkey)?;
-        link.qp.post_recv(self.wr_id(WR_RECV | u64::from(slot)), &sge)
+        link.qp
+            .post_recv(self.wr_id(WR_RECV | u64::from(slot)), &sge)
     }
 
     /// Sends the next cursor message; `reserved` if the caller already took its send credit.
@@ -389,7 +391,8 @@ impl Connection {
         let offset = slot as usize * CDC_SLOT;
         link.cdc_tx.write(offset, &bytes)?;
         let sge = link.cdc_tx.sge(offset, cdc::MSG_LEN, link.lkey)?;
-        link.qp.post_send(self.wr_id(WR_SEND | u64::from(slot)), &sge, true)
+        link.qp
+            .post_send(self.wr_id(WR_SEND | u64::from(slot)), &sge, true)
     }
 
     /// Sends a cursor message now if the connection still has a link; a failure fails the
@@ -588,12 +591,7 @@ impl Connection {
     fn send_with_credits(&self, msg: &mut MsgHdr, room: u32, credits: &mut u32) -> Result<usize> {
         let link = self.link()?;
         let tx_buf = link.tx_buf.as_ref().ok_or(ENOTCONN)?;
-        let segments = self
-            .state
-            .lock()
-            .conn
-            .write_segments(room)
-            .ok_or(EINVAL)?;
+        let segments = self.state.lock().conn.write_segments(room).ok_or(EINVAL)?;
         let mut copied = 0u32;
         for segment in segments.iter() {
             let n = tx_buf.copy_from_msg(segment.offset as usize, msg, segment.len as usize)?;

@@ -66,13 +66,11 @@ impl Listener {
             }? Error),
             GFP_KERNEL,
         )?;
-        listener
-            .hook
-            .populate(SockHook::new(
-                hooked,
-                HookedEvent::ListenerDataReady,
-                listener.clone(),
-            )?);
+        listener.hook.populate(SockHook::new(
+            hooked,
+            HookedEvent::ListenerDataReady,
+            listener.clone(),
+        )?);
         Ok(listener)
     }
 

@@ -3,17 +3,17 @@
 //! In-kernel sockets (`sock_create_kern`), and the C arguments socket calls pass through.
 
 use super::sys;
+use core::{marker::PhantomData, mem::size_of};
+use kernel::sync::{
+    atomic::{Atomic, Relaxed},
+    Arc, ArcBorrow,
+};
 use kernel::{
     error::{to_result, Error},
     ffi::{c_int, c_long, c_uint, c_ulong},
     prelude::*,
     types::Opaque,
     uaccess::UserSlice,
-};
-use core::{marker::PhantomData, mem::size_of};
-use kernel::sync::{
-    atomic::{Atomic, Relaxed},
-    Arc, ArcBorrow,
 };
 
 /// A socket address as passed to `bind`/`connect` (`struct sockaddr_unsized`), borrowed.
@@ -558,7 +558,10 @@ impl<T: SockEvents> SockHook<T> {
         }
         // SAFETY: `sk` is valid (we hold the socket). After the swap, which takes the callback
         // lock that the callbacks hold while they use the target, no call uses it.
-        let (_, user) = unsafe { self.event.swap(self.sock.sk(), self.old, core::ptr::null_mut()) };
+        let (_, user) = unsafe {
+            self.event
+                .swap(self.sock.sk(), self.old, core::ptr::null_mut())
+        };
         // SAFETY: `hooked` was set, so by the type invariant `user` is the `Arc<T>` stored in
         // `new`; `hooked` is now clear, so it is taken back only once.
         drop(unsafe { Arc::from_raw(user.cast::<T>()) });
@@ -618,7 +621,11 @@ unsafe extern "C" fn error_report_callback<T: SockEvents>(sk: *mut sys::sock) {
         return;
     }
     // SAFETY: `sk` is valid; its user data is its hook's (type invariant of `SockHook`).
-    unsafe { with_target::<T>(sk, |target| T::error_report(target, Error::from_errno(-err))) };
+    unsafe {
+        with_target::<T>(sk, |target| {
+            T::error_report(target, Error::from_errno(-err))
+        })
+    };
 }
 
 impl Drop for KernelSocket {

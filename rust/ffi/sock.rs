@@ -253,7 +253,9 @@ impl Sock {
             }
             if kernel::current!().signal_pending() {
                 // SAFETY: No preconditions.
-                break Err(Error::from_errno(unsafe { sys::rsmc_sock_intr_errno(*timeo) }));
+                break Err(Error::from_errno(unsafe {
+                    sys::rsmc_sock_intr_errno(*timeo)
+                }));
             }
             // SAFETY: The entry is queued on `head` and was initialised for `wait_woken`.
             // CAST: `TASK_INTERRUPTIBLE` is a small positive state bit.

@@ -449,7 +449,12 @@ impl DmaBuffer {
 
     /// Copies `len` bytes from the data of `msg` into the buffer at `offset` and hands them to
     /// the device; returns how many were copied (fewer only if user memory faulted).
-    pub(crate) fn copy_from_msg(&self, offset: usize, msg: &mut MsgHdr, len: usize) -> Result<usize> {
+    pub(crate) fn copy_from_msg(
+        &self,
+        offset: usize,
+        msg: &mut MsgHdr,
+        len: usize,
+    ) -> Result<usize> {
         self.check_range(offset, len)?;
         // SAFETY: `offset + len` lies inside the allocation (type invariant, checked above);
         // the copy races at worst with the device reading the same bytes, which the
@@ -484,7 +489,11 @@ impl DmaBuffer {
         };
         // SAFETY: `offset + len` lies inside the allocation; the device no longer writes these
         // bytes (the peer's producer cursor moved past them).
-        Ok(unsafe { sys::rsmc_copy_to_iter(self.ptr.as_ptr().add(offset).cast(), len, msg.iter()) })
+        Ok(
+            unsafe {
+                sys::rsmc_copy_to_iter(self.ptr.as_ptr().add(offset).cast(), len, msg.iter())
+            },
+        )
     }
 
     /// Describes `offset..offset + len` of the buffer for a work request, with the key that
