@@ -9,17 +9,25 @@
 //! ```text
 //!   client                                server
 //!   proposal (QP, ring, GID, MAC)  ───▶
-//!                                  ◀───   accept (QP, ring, token), server link ready
-//!   link ready, confirm (token)    ───▶
+//!                                  ◀───   accept (QP, ring, token), server ring registered
+//!   ring registered, confirm       ───▶
 //! ```
+//!
+//! Connections between the same two devices share a link ([`crate::link`]): a client that has
+//! a link to the server's address offers its queue pair with a nonzero link id; the server
+//! takes it if it has the other end (and accepts with its own end of it), or declines with
+//! `NOCLNTLINK`, and the client proposes again with a new queue pair. Otherwise the server
+//! connects a new queue pair of its own to the client's before it accepts, and the client
+//! connects to it when the accept arrives.
 //!
 //! Either side may answer with a decline instead, and both then use the TCP connection as it
 //! is: every byte of the handshake was consumed, so the application's stream starts clean.
 
 use crate::{
-    connection::{Connection, LocalEndpoint, PeerEndpoint},
+    connection::{Connection, PeerRing},
     ffi::{kernel_socket::KernelSocket, random_u32, verbs::RemoteQp},
     ib,
+    link::{Link, PeerEnd},
     proto::{
         clc::{self, Decline, DeclineCode, Endpoint, Message, HEADER_LEN, MAX_MSG_LEN},
         ring::RingSize,
@@ -151,34 +159,53 @@ fn skip_foreign(clc: &KernelSocket, head: &[u8]) {
     }
 }
 
-fn endpoint(local: &LocalEndpoint, token: u32) -> Endpoint {
-    Endpoint {
-        peer_id: peer_id(),
-        gid: local.gid,
-        mac: local.mac,
-        link_id: 0,
-        mtu: local.mtu,
-        qpn: local.qpn,
-        psn: local.psn,
-        rkey: local.rkey,
-        ring_addr: local.ring_addr,
-        ring_size: local.ring_size,
-        token,
+/// How this side's link is offered: an existing one (reused) or a new one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    Reused,
+    New,
+}
+
+/// The `link_id` of a handshake message: nonzero for a reused link.
+fn link_id(offer: Offer) -> u8 {
+    match offer {
+        Offer::Reused => 1,
+        Offer::New => 0,
     }
 }
 
-fn peer_endpoint(peer: &Endpoint, token: u32) -> PeerEndpoint {
-    PeerEndpoint {
-        qp: RemoteQp {
-            gid: peer.gid,
-            mac: peer.mac,
-            qpn: peer.qpn,
-            psn: peer.psn,
-        },
-        mtu: peer.mtu,
+fn endpoint(conn: &Connection, link: &Link, offer: Offer, token: u32) -> Result<Endpoint> {
+    let local = link.endpoint()?;
+    let ring = conn.ring()?;
+    Ok(Endpoint {
+        peer_id: peer_id(),
+        gid: local.gid,
+        mac: local.mac,
+        link_id: link_id(offer),
+        mtu: local.mtu,
+        qpn: local.qpn,
+        psn: local.psn,
+        rkey: ring.rkey,
+        ring_addr: ring.addr,
+        ring_size: ring.size,
+        token,
+    })
+}
+
+fn remote_qp(peer: &Endpoint) -> RemoteQp {
+    RemoteQp {
+        gid: peer.gid,
+        mac: peer.mac,
+        qpn: peer.qpn,
+        psn: peer.psn,
+    }
+}
+
+fn peer_ring(peer: &Endpoint, token: u32) -> PeerRing {
+    PeerRing {
         rkey: peer.rkey,
-        ring_addr: peer.ring_addr,
-        ring_size: peer.ring_size,
+        addr: peer.ring_addr,
+        size: peer.ring_size,
         token,
     }
 }
@@ -188,17 +215,38 @@ fn ring_size(clc: &KernelSocket) -> RingSize {
     RingSize::from_sock_buf(clc.rcvbuf())
 }
 
-/// This side's link on the device the connection's route uses.
+fn setup_code(err: Error) -> DeclineCode {
+    if err == ENOMEM {
+        DeclineCode::MEM
+    } else {
+        DeclineCode::CNFERR
+    }
+}
+
+/// A connection on the device the connection's route uses, on no link yet.
 fn set_up(clc: &KernelSocket) -> core::result::Result<Arc<Connection>, DeclineCode> {
-    let ip = clc.local_ip().map_err(|_| DeclineCode::NOSMCRDEV)?;
+    let ip = clc.ip(false).map_err(|_| DeclineCode::NOSMCRDEV)?;
     let (device, gid) = ib::device_for_ip(ip).ok_or(DeclineCode::NOSMCRDEV)?;
-    Connection::new(device, gid, ring_size(clc)).map_err(|err| {
-        if err == ENOMEM {
-            DeclineCode::MEM
-        } else {
-            DeclineCode::CNFERR
-        }
-    })
+    Connection::new(device, gid, ring_size(clc)).map_err(setup_code)
+}
+
+/// Puts `conn` on a new link of its device.
+fn join_new_link(conn: &Arc<Connection>) -> Result<Arc<Link>> {
+    let (device, gid) = conn.device()?;
+    let link = Link::new(device, gid)?;
+    if let Err(err) = conn.join(link.clone()) {
+        link.discard();
+        return Err(err);
+    }
+    Ok(link)
+}
+
+/// Puts `conn` on the link its device has to the peer at `peer_gid`, if any.
+fn join_link_to(conn: &Arc<Connection>, peer_gid: [u8; 16]) -> Option<Arc<Link>> {
+    let (device, _) = conn.device().ok()?;
+    let link = device.find_link(|peer| peer.gid == peer_gid)?;
+    conn.join(link.clone()).ok()?;
+    Some(link)
 }
 
 /// Runs the client side on a connected TCP socket.
@@ -218,29 +266,81 @@ pub(crate) fn client(clc: &KernelSocket) -> Outcome {
 }
 
 fn client_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
-    let Ok(local) = conn.local_endpoint() else {
+    // RoCE v2 GIDs are IP addresses: the server's port has the one we are connected to.
+    let reused = clc
+        .ip(true)
+        .ok()
+        .and_then(|server_gid| join_link_to(conn, server_gid));
+    let (mut link, mut offer) = match reused {
+        Some(link) => (link, Offer::Reused),
+        None => match join_new_link(conn) {
+            Ok(link) => (link, Offer::New),
+            Err(err) => return decline(clc, setup_code(err)),
+        },
+    };
+    loop {
+        let Ok(proposal) = endpoint(conn, &link, offer, 0) else {
+            return decline(clc, DeclineCode::CNFERR);
+        };
+        if send(clc, &Message::Proposal(proposal)).is_err() {
+            return fallback(DeclineCode::SYNCERR);
+        }
+        match recv(clc) {
+            Ok(Message::Accept(accept)) => return client_confirm(clc, conn, &link, offer, &accept),
+            // The server no longer has its end of the link we offered: once more, on a new
+            // link.
+            Ok(Message::Decline(peer))
+                if peer.code == DeclineCode::NOCLNTLINK && offer == Offer::Reused =>
+            {
+                conn.leave_link();
+                link = match join_new_link(conn) {
+                    Ok(link) => link,
+                    Err(err) => return decline(clc, setup_code(err)),
+                };
+                offer = Offer::New;
+            }
+            Ok(Message::Decline(peer)) => {
+                return Outcome::Fallback {
+                    reason: DeclineCode::PEERDECL,
+                    peer_code: peer.code,
+                }
+            }
+            Ok(_) => return decline(clc, DeclineCode::SYNCERR),
+            Err(code) => return decline(clc, code),
+        }
+    }
+}
+
+fn client_confirm(
+    clc: &KernelSocket,
+    conn: &Arc<Connection>,
+    link: &Link,
+    offer: Offer,
+    accept: &Endpoint,
+) -> Outcome {
+    let ready = match offer {
+        // The server took the link we offered: it must name its end of it.
+        Offer::Reused => link
+            .live_peer()
+            .filter(|peer| accept.link_id != 0 && peer.qpn == accept.qpn && peer.gid == accept.gid)
+            .map(|_| ())
+            .ok_or(EPROTO),
+        Offer::New if accept.link_id == 0 => link.connect(&remote_qp(accept), accept.mtu),
+        Offer::New => Err(EPROTO),
+    };
+    let ready = ready
+        .and_then(|()| conn.set_peer(&peer_ring(accept, accept.token)))
+        .and_then(|()| conn.register_ring());
+    if ready.is_err() {
+        return decline(clc, DeclineCode::CNFERR);
+    }
+    let Ok(confirm) = endpoint(conn, link, offer, accept.token) else {
         return decline(clc, DeclineCode::CNFERR);
     };
-    if send(clc, &Message::Proposal(endpoint(&local, 0))).is_err() {
+    if send(clc, &Message::Confirm(confirm)).is_err() {
         return fallback(DeclineCode::SYNCERR);
     }
-    match recv(clc) {
-        Ok(Message::Accept(accept)) => {
-            if conn.connect(&peer_endpoint(&accept, accept.token)).is_err() {
-                return decline(clc, DeclineCode::CNFERR);
-            }
-            if send(clc, &Message::Confirm(endpoint(&local, accept.token))).is_err() {
-                return fallback(DeclineCode::SYNCERR);
-            }
-            Outcome::Rdma(conn.clone())
-        }
-        Ok(Message::Decline(peer)) => Outcome::Fallback {
-            reason: DeclineCode::PEERDECL,
-            peer_code: peer.code,
-        },
-        Ok(_) => decline(clc, DeclineCode::SYNCERR),
-        Err(code) => decline(clc, code),
-    }
+    Outcome::Rdma(conn.clone())
 }
 
 /// Runs the server side on a freshly accepted TCP socket.
@@ -248,41 +348,98 @@ pub(crate) fn server(clc: &KernelSocket) -> Outcome {
     if !clc.syn_smc() {
         return fallback(DeclineCode::PEERNOSMC);
     }
-    let proposal = match recv(clc) {
-        Ok(Message::Proposal(proposal)) => proposal,
-        Ok(Message::Decline(peer)) => {
-            return Outcome::Fallback {
-                reason: DeclineCode::PEERDECL,
-                peer_code: peer.code,
-            }
-        }
-        Ok(_) => return decline(clc, DeclineCode::SYNCERR),
-        Err(code) => return decline(clc, code),
-    };
     let conn = match set_up(clc) {
         Ok(conn) => conn,
-        Err(code) => return decline(clc, code),
+        Err(code) => {
+            // Read the proposal first, so that the decline answers it.
+            return match recv(clc) {
+                Ok(Message::Decline(peer)) => Outcome::Fallback {
+                    reason: DeclineCode::PEERDECL,
+                    peer_code: peer.code,
+                },
+                _ => decline(clc, code),
+            };
+        }
     };
-    let outcome = server_exchange(clc, &conn, &proposal);
+    let outcome = server_exchange(clc, &conn);
     if !matches!(outcome, Outcome::Rdma(_)) {
         conn.abandon();
     }
     outcome
 }
 
-fn server_exchange(clc: &KernelSocket, conn: &Arc<Connection>, proposal: &Endpoint) -> Outcome {
-    let token = random_u32() | 1;
-    if conn.connect(&peer_endpoint(proposal, token)).is_err() {
+fn server_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
+    // A client whose link offer we cannot take proposes once more, with a new link.
+    let mut offers_left = 2;
+    let (proposal, link, offer) = loop {
+        let proposal = match recv(clc) {
+            Ok(Message::Proposal(proposal)) => proposal,
+            Ok(Message::Decline(peer)) => {
+                return Outcome::Fallback {
+                    reason: DeclineCode::PEERDECL,
+                    peer_code: peer.code,
+                }
+            }
+            Ok(_) => return decline(clc, DeclineCode::SYNCERR),
+            Err(code) => return decline(clc, code),
+        };
+        offers_left -= 1;
+        if proposal.link_id == 0 {
+            let link = match join_new_link(conn) {
+                Ok(link) => link,
+                Err(err) => return decline(clc, setup_code(err)),
+            };
+            if link.connect(&remote_qp(&proposal), proposal.mtu).is_err() {
+                return decline(clc, DeclineCode::CNFERR);
+            }
+            break (proposal, link, Offer::New);
+        }
+        let Ok((device, _)) = conn.device() else {
+            return decline(clc, DeclineCode::CNFERR);
+        };
+        let wanted = |peer: &PeerEnd| {
+            peer.gid == proposal.gid && peer.qpn == proposal.qpn && peer.psn == proposal.psn
+        };
+        let found = device
+            .find_link(wanted)
+            .and_then(|link| conn.join(link.clone()).ok().map(|()| link));
+        match found {
+            Some(link) => break (proposal, link, Offer::Reused),
+            None if offers_left > 0 => {
+                if send(
+                    clc,
+                    &Message::Decline(Decline {
+                        peer_id: peer_id(),
+                        code: DeclineCode::NOCLNTLINK,
+                    }),
+                )
+                .is_err()
+                {
+                    return fallback(DeclineCode::SYNCERR);
+                }
+            }
+            None => return decline(clc, DeclineCode::SYNCERR),
+        }
+    };
+    let token = link.new_token();
+    let ready = conn
+        .set_peer(&peer_ring(&proposal, token))
+        .and_then(|()| conn.register_ring());
+    if ready.is_err() {
         return decline(clc, DeclineCode::CNFERR);
     }
-    let Ok(local) = conn.local_endpoint() else {
+    let Ok(accept) = endpoint(conn, &link, offer, token) else {
         return decline(clc, DeclineCode::CNFERR);
     };
-    if send(clc, &Message::Accept(endpoint(&local, token))).is_err() {
+    if send(clc, &Message::Accept(accept)).is_err() {
         return fallback(DeclineCode::SYNCERR);
     }
     match recv(clc) {
-        Ok(Message::Confirm(confirm)) if confirm.token == token && confirm.qpn == proposal.qpn => {
+        Ok(Message::Confirm(confirm))
+            if confirm.token == token
+                && confirm.qpn == proposal.qpn
+                && confirm.rkey == proposal.rkey =>
+        {
             Outcome::Rdma(conn.clone())
         }
         Ok(Message::Decline(peer)) => Outcome::Fallback {

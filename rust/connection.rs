@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! One `AF_SMC` connection over RDMA: its queue pair (the link), receive ring and send buffer,
-//! and the data path (net/smc's smc_core buffers, smc_wr, smc_cdc, smc_tx, smc_rx and
-//! smc_close in one place).
+//! One `AF_SMC` connection over RDMA: its receive ring and send buffer on a [`Link`], and the
+//! data path (net/smc's smc_core buffers, smc_cdc, smc_tx, smc_rx and smc_close in one place).
 //!
 //! The sender copies user data into its send buffer at the offsets the bytes get in the peer's
 //! receive ring, RDMA-WRITEs them there, then SENDs a CDC message with its new producer cursor.
@@ -15,22 +14,26 @@
 //! Flow control, cursors and shutdown flags are [`Conn`]'s (the pure core); this file moves
 //! bytes and turns its answers into work requests and wakeups.
 //!
-//! Completions arrive through the device's NAPI poll ([`CompletionSink`]); everything they
-//! touch is behind IRQ-safe spinlocks, and copies to and from user memory happen unlocked,
-//! serialised per direction by `tx_lock` and `rx_lock` (the socket lock's role).
+//! The receive ring stays registered until the peer can no longer write to it: a connection
+//! closed before its peer stays on the link until the peer's close (or abort) arrives, or the
+//! link ends; a write into a deregistered ring would fail the peer's whole link.
+//!
+//! Completions arrive through the device's NAPI poll, via the link; everything they touch is
+//! behind IRQ-safe spinlocks, and copies to and from user memory happen unlocked, serialised
+//! per direction by `tx_lock` and `rx_lock` (the socket lock's role). Lock order: a
+//! connection's `state`, then its `link` slot, then the link's own lock.
 
 use crate::{
     ffi::{
         ib::RoceGid,
         kernel_socket::{HookedEvent, KernelSocket, MsgHdr, SockEvents, SockHook},
         sock::Sock,
-        verbs::{Access, DmaBuffer, DmaDirection, Mr, Qp, RemoteQp, WcStatus, WorkCompletion},
+        verbs::{DmaBuffer, DmaDirection, Mr},
     },
     ib::Device,
-    poller::{CompletionSink, SinkRegistration},
+    link::{Finished, Link},
     proto::{
         cdc,
-        clc::PathMtu,
         conn::{Changes, Conn},
         ring::{RingSize, Segments},
     },
@@ -45,30 +48,16 @@ use kernel::{
         new_spinlock_irq, Arc, ArcBorrow, Mutex, SetOnce, SpinLockIrq,
     },
     time::{delay::fsleep, Delta, Instant, Monotonic},
+    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
 };
 
-/// Send work requests a connection may have in flight.
-const SQ_DEPTH: u32 = 32;
-/// Receives kept posted for the peer's CDC messages.
-const RQ_DEPTH: u32 = 16;
-/// Bytes per CDC message buffer slot.
-const CDC_SLOT: usize = 64;
-/// Send work requests one send step needs: two RDMA WRITEs (the bytes may wrap around the end
-/// of the ring) and the SEND of the cursor message.
-const WRS_PER_SEND: u32 = 3;
+/// Send credits one send step needs: two RDMA WRITEs (the bytes may wrap around the end of
+/// the ring) and the SEND of the cursor message.
+pub(crate) const WRS_PER_SEND: u32 = 3;
 /// How long the registration of the receive ring may take.
 const REGISTER_TIMEOUT: Delta = Delta::from_secs(5);
 /// How long closing waits for the last cursor message to leave.
-const CLOSE_TIMEOUT: Delta = Delta::from_secs(1);
-
-/// The kind of a work request, in bits 40..44 of its `wr_id`; the bits below are a slot index.
-const WR_KIND_SHIFT: u32 = 40;
-const WR_RECV: u64 = 1 << WR_KIND_SHIFT;
-const WR_SEND: u64 = 2 << WR_KIND_SHIFT;
-const WR_WRITE: u64 = 3 << WR_KIND_SHIFT;
-const WR_REG: u64 = 4 << WR_KIND_SHIFT;
-const WR_KIND_MASK: u64 = 0xf << WR_KIND_SHIFT;
-const WR_INDEX_MASK: u64 = (1 << WR_KIND_SHIFT) - 1;
+const CLOSE_TIMEOUT: Delta = Delta::from_secs(3);
 
 /// `MSG_DONTWAIT`.
 const MSG_DONTWAIT: i32 = 0x40;
@@ -90,93 +79,55 @@ pub(crate) mod epoll {
     pub(crate) const RDHUP: u32 = 0x2000;
 }
 
-/// What this side tells the peer in the handshake about its end of the link.
-pub(crate) struct LocalEndpoint {
-    pub(crate) gid: [u8; 16],
-    pub(crate) mac: [u8; 6],
-    pub(crate) mtu: PathMtu,
-    pub(crate) qpn: u32,
-    pub(crate) psn: u32,
+/// A connection's receive ring, as the handshake describes it to the peer.
+pub(crate) struct RingEndpoint {
     pub(crate) rkey: u32,
-    pub(crate) ring_addr: u64,
-    pub(crate) ring_size: RingSize,
+    pub(crate) addr: u64,
+    pub(crate) size: RingSize,
 }
 
-/// What the peer told us about its end of the link.
-pub(crate) struct PeerEndpoint {
-    pub(crate) qp: RemoteQp,
-    pub(crate) mtu: PathMtu,
+/// The peer's receive ring and the connection's token, from the handshake.
+pub(crate) struct PeerRing {
     pub(crate) rkey: u32,
-    pub(crate) ring_addr: u64,
-    pub(crate) ring_size: RingSize,
+    pub(crate) addr: u64,
+    pub(crate) size: RingSize,
     pub(crate) token: u32,
 }
 
-/// What a connection holds on its RDMA device. Dropped in process context only (destroying
-/// the queue pair sleeps), after the connection's completion sink is unregistered.
-struct Link {
-    // Dropped first: the queue pair keeps every buffer below mapped until it is destroyed.
-    qp: Qp,
-    /// Our receive ring, which the peer RDMA-writes.
-    rx_ring: Arc<Mr>,
-    /// The bytes we RDMA-write to the peer, at the offsets they get in its ring; allocated
-    /// once the peer's ring size is known.
-    tx_buf: SetOnce<Arc<DmaBuffer>>,
-    cdc_rx: Arc<DmaBuffer>,
-    cdc_tx: Arc<DmaBuffer>,
-    lkey: u32,
-    gid: RoceGid,
-    psn: u32,
-    /// Keeps the device registered, and its NAPI enabled, while the queue pair lives.
-    device: Arc<Device>,
-}
-
-impl Link {
-    fn new(device: Arc<Device>, gid: RoceGid, ring_size: RingSize) -> Result<Self> {
-        let dev = device.registered();
-        let cq = device.poller().cq();
-        let qp = Qp::new(device.pd(), cq, cq, SQ_DEPTH, RQ_DEPTH)?;
-        let ring = DmaBuffer::new(dev, ring_size.get() as usize, DmaDirection::FromDevice)?;
-        let rx_ring = Mr::new(device.pd(), ring)?;
-        let cdc_rx = DmaBuffer::new(dev, RQ_DEPTH as usize * CDC_SLOT, DmaDirection::FromDevice)?;
-        let cdc_tx = DmaBuffer::new(dev, SQ_DEPTH as usize * CDC_SLOT, DmaDirection::ToDevice)?;
-        qp.attach(cdc_rx.clone())?;
-        qp.attach(cdc_tx.clone())?;
-        qp.modify_to_init(gid.port, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
-        Ok(Self {
-            qp,
-            rx_ring,
-            tx_buf: SetOnce::new(),
-            cdc_rx,
-            cdc_tx,
-            lkey: device.pd().local_dma_lkey(),
-            gid,
-            psn: crate::ffi::random_u32() & 0xff_ffff,
-            device,
-        })
-    }
-}
-
-/// The connection's state shared with its completion handler.
+/// The connection's state shared with its completion handlers.
 struct State {
     conn: Conn,
     /// Where the peer's receive ring is.
     peer_ring_addr: u64,
     peer_rkey: u32,
-    /// Send work requests that may still be posted.
-    sq_free: u32,
-    /// The CDC send slot the next message uses.
-    next_slot: u32,
-    /// A cursor message is owed but the send queue was full: the next send completion sends it.
+    /// This connection's work requests in flight on the link.
+    inflight: u32,
+    /// A cursor message is owed but the link had no send credit: sent when it has.
     cdc_owed: bool,
     /// The receive ring's registration completed.
     registered: bool,
     /// The connection failed: every further call reports this.
     error: Option<Error>,
+    /// The link failed: the peer cannot write any more.
+    link_dead: bool,
     /// `shutdown(SHUT_RD)`.
     rd_shut: bool,
     /// Closing: errors of outstanding work requests are expected.
     closing: bool,
+    /// Off the link, buffers released (once).
+    released: bool,
+}
+
+/// A connection's buffers, and the device they are on.
+struct Resources {
+    /// Our receive ring, which the peer RDMA-writes.
+    rx_ring: Arc<Mr>,
+    /// The bytes we RDMA-write to the peer, at the offsets they get in its ring; allocated
+    /// once the peer's ring size is known.
+    tx_buf: Option<Arc<DmaBuffer>>,
+    device: Arc<Device>,
+    /// The device's port the connection is on.
+    gid: RoceGid,
 }
 
 /// An RDMA connection.
@@ -184,13 +135,16 @@ struct State {
 pub(crate) struct Connection {
     #[pin]
     state: SpinLockIrq<State>,
-    /// The device resources; taken away on close (or device removal).
+    /// The link, once joined; taken on release.
     #[pin]
     link: SpinLockIrq<Option<Arc<Link>>>,
+    /// The token cursor messages carry, nonzero once the handshake assigned it; read by the
+    /// link under its own lock, hence not in `state`.
+    token: Atomic<u32>,
+    /// What the connection holds on its device; taken on release, so that a removed device
+    /// is not kept waiting for the socket to close.
     #[pin]
-    registration: Mutex<Option<SinkRegistration>>,
-    /// The high bits of this connection's `wr_id`s (its completion sink).
-    wr_base: Atomic<u64>,
+    resources: SpinLockIrq<Option<Resources>>,
     /// The socket to wake; set once the connection belongs to one.
     sk: SetOnce<ARef<Sock>>,
     /// Watches the handshake's TCP connection, which lives as long as this one: its reset
@@ -203,109 +157,166 @@ pub(crate) struct Connection {
     rx_lock: Mutex<()>,
     rdma_tx_bytes: Atomic<u64>,
     rdma_rx_bytes: Atomic<u64>,
+    /// Releases a closed connection once its peer closed too (from the completion handler).
+    #[pin]
+    release_work: Work<Connection>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for Connection { self.release_work }
 }
 
 impl Connection {
-    /// Sets up this side of a link on `device` (whose port has `gid`) with a receive ring of
-    /// `ring_size` bytes: queue pair in INIT, receives posted, ring ready to register.
+    /// A connection on `device` (whose port has `gid`) with a receive ring of `ring_size`
+    /// bytes, on no link yet.
     pub(crate) fn new(device: Arc<Device>, gid: RoceGid, ring_size: RingSize) -> Result<Arc<Self>> {
-        let poller = device.poller().clone();
-        let new_link = Arc::new(Link::new(device, gid, ring_size)?, GFP_KERNEL)?;
-        let installed = new_link.clone();
+        let ring = DmaBuffer::new(
+            device.registered(),
+            ring_size.get() as usize,
+            DmaDirection::FromDevice,
+        )?;
+        let rx_ring = Mr::new(device.pd(), ring)?;
         // Placeholders until the handshake tells the peer's ring and the token.
         let conn = Conn::new(ring_size, ring_size, 1);
-        let this = Arc::pin_init(
+        Arc::pin_init(
             try_pin_init!(Self {
                 state <- new_spinlock_irq!(State {
                     conn,
                     peer_ring_addr: 0,
                     peer_rkey: 0,
-                    sq_free: SQ_DEPTH,
-                    next_slot: 0,
+                    inflight: 0,
                     cdc_owed: false,
                     registered: false,
                     error: None,
+                    link_dead: false,
                     rd_shut: false,
                     closing: false,
+                    released: false,
                 }),
-                link <- new_spinlock_irq!(Some(installed)),
-                registration <- new_mutex!(None),
-                wr_base: Atomic::new(0),
+                link <- new_spinlock_irq!(None),
+                token: Atomic::new(0),
+                resources <- new_spinlock_irq!(Some(Resources {
+                    rx_ring,
+                    tx_buf: None,
+                    device,
+                    gid,
+                })),
                 sk: SetOnce::new(),
                 tcp_watch: SetOnce::new(),
                 tx_lock <- new_mutex!(()),
                 rx_lock <- new_mutex!(()),
                 rdma_tx_bytes: Atomic::new(0),
                 rdma_rx_bytes: Atomic::new(0),
+                release_work <- new_work!("Connection::release_work"),
             }? Error),
             GFP_KERNEL,
-        )?;
-        let registration = poller.register_sink(this.clone())?;
-        this.wr_base.store(registration.wr_id(0), Relaxed);
-        *this.registration.lock() = Some(registration);
-        let started = new_link
-            .device
-            .attach(this.clone())
-            .and_then(|()| (0..RQ_DEPTH).try_for_each(|slot| this.post_recv(&new_link, slot)));
-        if let Err(err) = started {
-            this.abandon();
-            return Err(err);
-        }
-        Ok(this)
+        )
     }
 
-    /// What the peer needs to know about this side.
-    pub(crate) fn local_endpoint(&self) -> Result<LocalEndpoint> {
-        let link = self.link()?;
-        let mtu = link.device.registered().active_mtu(link.gid.port)?;
-        Ok(LocalEndpoint {
-            gid: link.gid.gid,
-            mac: link.gid.mac,
-            mtu,
-            qpn: link.qp.qp_num(),
-            psn: link.psn,
-            rkey: link.rx_ring.rkey(),
-            ring_addr: link.rx_ring.addr(),
-            ring_size: self.state.lock().conn.own_ring(),
+    /// The device the connection is on, and its port's GID.
+    pub(crate) fn device(&self) -> Result<(Arc<Device>, RoceGid)> {
+        let resources = self.resources.lock();
+        let resources = resources.as_ref().ok_or(ECONNRESET)?;
+        Ok((resources.device.clone(), resources.gid))
+    }
+
+    fn rx_ring(&self) -> Result<Arc<Mr>> {
+        let resources = self.resources.lock();
+        Ok(resources.as_ref().ok_or(ECONNRESET)?.rx_ring.clone())
+    }
+
+    fn tx_buf(&self) -> Result<Arc<DmaBuffer>> {
+        let resources = self.resources.lock();
+        let resources = resources.as_ref().ok_or(ECONNRESET)?;
+        resources.tx_buf.clone().ok_or(ENOTCONN)
+    }
+
+    /// Puts the connection on `link` (of the same device).
+    pub(crate) fn join(self: &Arc<Self>, link: Arc<Link>) -> Result {
+        let (device, _) = self.device()?;
+        if !Arc::ptr_eq(link.device(), &device) {
+            return Err(EINVAL);
+        }
+        link.join(self.clone())?;
+        *self.link.lock() = Some(link);
+        Ok(())
+    }
+
+    /// Takes the connection off its link (a handshake that will try another).
+    pub(crate) fn leave_link(&self) {
+        // Taken out first: the guard of an `if let` scrutinee lives through its block.
+        let link = self.link.lock().take();
+        if let Some(link) = link {
+            self.detach_from(&link);
+            link.leave(self);
+        }
+    }
+
+    /// The token cursor messages of this connection carry (0: not assigned yet).
+    pub(crate) fn token(&self) -> u32 {
+        self.token.load(Relaxed)
+    }
+
+    /// Our receive ring, for the peer.
+    pub(crate) fn ring(&self) -> Result<RingEndpoint> {
+        let rx_ring = self.rx_ring()?;
+        Ok(RingEndpoint {
+            rkey: rx_ring.rkey(),
+            addr: rx_ring.addr(),
+            size: self.state.lock().conn.own_ring(),
         })
     }
 
-    /// Connects the queue pair to the peer's, registers the receive ring and allocates the
-    /// send buffer: from now on the peer may write to us and we to it.
-    pub(crate) fn connect(&self, peer: &PeerEndpoint) -> Result {
+    /// Learns the peer's ring and the token: allocates the send buffer mirroring the ring.
+    pub(crate) fn set_peer(&self, peer: &PeerRing) -> Result {
         let link = self.link()?;
-        let own_mtu = link.device.registered().active_mtu(link.gid.port)?;
-        let mtu = if own_mtu.code() <= peer.mtu.code() {
-            own_mtu
-        } else {
-            peer.mtu
-        };
-        link.qp
-            .modify_to_rtr(link.gid.port, link.gid.index, &peer.qp, mtu)?;
-        link.qp.modify_to_rts(link.psn)?;
+        if peer.token == 0 || link.token_taken(peer.token, self) {
+            return Err(EEXIST);
+        }
+        let (device, _) = self.device()?;
         let tx_buf = DmaBuffer::new(
-            link.device.registered(),
-            peer.ring_size.get() as usize,
+            device.registered(),
+            peer.size.get() as usize,
             DmaDirection::ToDevice,
         )?;
-        link.qp.attach(tx_buf.clone())?;
-        if !link.tx_buf.populate(tx_buf) {
-            return Err(EINVAL);
-        }
+        link.attach(tx_buf.clone())?;
         {
-            let mut state = self.state.lock();
-            let own_ring = state.conn.own_ring();
-            state.conn = Conn::new(own_ring, peer.ring_size, peer.token);
-            state.peer_ring_addr = peer.ring_addr;
-            state.peer_rkey = peer.rkey;
-            state.sq_free -= 1;
+            let mut guard = self.resources.lock();
+            let Some(resources) = &mut *guard else {
+                return Err(ECONNRESET);
+            };
+            if resources.tx_buf.is_some() {
+                return Err(EINVAL);
+            }
+            resources.tx_buf = Some(tx_buf);
         }
-        link.qp.post_reg_mr(
-            self.wr_id(WR_REG),
-            &link.rx_ring,
-            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
-        )?;
+        let mut state = self.state.lock();
+        let own_ring = state.conn.own_ring();
+        state.conn = Conn::new(own_ring, peer.size, peer.token);
+        state.peer_ring_addr = peer.addr;
+        state.peer_rkey = peer.rkey;
+        self.token.store(peer.token, Relaxed);
+        Ok(())
+    }
+
+    /// Registers the receive ring on the link (which must be connected), so that the peer
+    /// may write to it; needs the token.
+    pub(crate) fn register_ring(&self) -> Result {
+        let link = self.link()?;
+        let rx_ring = self.rx_ring()?;
         let start = Instant::<Monotonic>::now();
+        while !link.take_credits(1) {
+            if start.elapsed() > REGISTER_TIMEOUT {
+                return Err(ETIMEDOUT);
+            }
+            fsleep(Delta::from_micros(100));
+        }
+        self.state.lock().inflight += 1;
+        if let Err(err) = link.post_registration(self.token(), &rx_ring) {
+            self.state.lock().inflight -= 1;
+            link.return_credits(1);
+            return Err(err);
+        }
         loop {
             {
                 let state = self.state.lock();
@@ -334,8 +345,8 @@ impl Connection {
         if !self.tcp_watch.populate(hook) {
             return Err(EBUSY);
         }
-        // A connection abandoned meanwhile did not see the hook to undo it.
-        if self.state.lock().closing {
+        // A connection released meanwhile did not see the hook to undo it.
+        if self.state.lock().released {
             self.unwatch_tcp();
         }
         Ok(())
@@ -355,44 +366,29 @@ impl Connection {
         )
     }
 
-    fn wr_id(&self, local: u64) -> u64 {
-        self.wr_base.load(Relaxed) | local
-    }
-
     fn link(&self) -> Result<Arc<Link>> {
         self.link.lock().clone().ok_or(ECONNRESET)
     }
 
-    fn post_recv(&self, link: &Link, slot: u32) -> Result {
-        let sge = link
-            .cdc_rx
-            .sge(slot as usize * CDC_SLOT, CDC_SLOT, link.lkey)?;
-        link.qp
-            .post_recv(self.wr_id(WR_RECV | u64::from(slot)), &sge)
-    }
-
     /// Sends the next cursor message; `reserved` if the caller already took its send credit.
     fn send_cdc(&self, link: &Link, reserved: bool) -> Result {
-        let (msg, slot) = {
+        let msg = {
             let mut state = self.state.lock();
-            if !reserved {
-                if state.sq_free == 0 {
-                    state.cdc_owed = true;
-                    return Ok(());
-                }
-                state.sq_free -= 1;
+            if !reserved && !link.take_credits(1) {
+                state.cdc_owed = true;
+                return Ok(());
             }
-            let slot = state.next_slot;
-            state.next_slot = (slot + 1) % SQ_DEPTH;
-            (state.conn.next_cdc(), slot)
+            state.inflight += 1;
+            state.conn.next_cdc()
         };
-        let mut bytes = [0u8; cdc::MSG_LEN];
-        cdc::encode(&msg, &mut bytes).map_err(|_| EINVAL)?;
-        let offset = slot as usize * CDC_SLOT;
-        link.cdc_tx.write(offset, &bytes)?;
-        let sge = link.cdc_tx.sge(offset, cdc::MSG_LEN, link.lkey)?;
-        link.qp
-            .post_send(self.wr_id(WR_SEND | u64::from(slot)), &sge, true)
+        let posted = link.post_cdc(self.token(), &msg);
+        if posted.is_err() {
+            self.state.lock().inflight -= 1;
+            if !reserved {
+                link.return_credits(1);
+            }
+        }
+        posted
     }
 
     /// Sends a cursor message now if the connection still has a link; a failure fails the
@@ -427,43 +423,71 @@ impl Connection {
         }
     }
 
-    fn received(&self, wc: &WorkCompletion, slot: u32) {
-        if wc.status() != WcStatus::SUCCESS {
-            self.fail(ECONNRESET);
-            return;
+    /// The link has send credits again: sends an owed cursor message, wakes senders.
+    pub(crate) fn credits_available(&self) {
+        let owed = core::mem::take(&mut self.state.lock().cdc_owed);
+        if owed {
+            self.notify_peer();
         }
-        let Ok(link) = self.link() else {
-            return;
-        };
-        let mut bytes = [0u8; cdc::MSG_LEN];
-        let read = link.cdc_rx.read(slot as usize * CDC_SLOT, &mut bytes);
-        if let Err(err) = self.post_recv(&link, slot) {
-            self.fail(err);
-            return;
-        }
-        let msg = match (read, wc.byte_len() as usize == cdc::MSG_LEN) {
-            (Ok(()), true) => cdc::decode(&bytes).map_err(|_| EPROTO),
-            _ => Err(EPROTO),
-        };
-        let changes = msg.and_then(|msg| {
-            self.state
-                .lock()
-                .conn
-                .on_cdc(&msg)
-                .map_err(|_| ECONNABORTED)
-        });
-        match changes {
-            Ok(changes) => self.apply(&link, changes),
-            Err(err) => {
-                // A peer that breaks the protocol gets an abort, and we stop using the link.
-                self.state.lock().conn.abort();
-                let _ = self.send_cdc(&link, false);
-                self.fail(err);
+        self.wake(Sock::write_space);
+    }
+
+    /// One of this connection's work requests finished.
+    pub(crate) fn work_finished(&self, what: Finished, ok: bool) {
+        {
+            let mut state = self.state.lock();
+            state.inflight = state.inflight.saturating_sub(1);
+            if what == Finished::Registration {
+                state.registered = ok;
             }
+        }
+        if !ok {
+            self.fail(ECONNRESET);
         }
     }
 
-    fn apply(&self, link: &Link, changes: Changes) {
+    /// The link failed (`err`): the connection fails, and a closed one can go now.
+    pub(crate) fn link_failed(self: &Arc<Self>, err: Error) {
+        self.fail(err);
+        let release = {
+            let mut state = self.state.lock();
+            state.link_dead = true;
+            state.closing && !state.released
+        };
+        if release {
+            self.schedule_release();
+        }
+    }
+
+    /// A cursor message from the peer arrived.
+    pub(crate) fn cdc_received(self: &Arc<Self>, msg: &cdc::Message) {
+        let changes = self.state.lock().conn.on_cdc(msg);
+        match changes {
+            Ok(changes) => self.apply(changes),
+            Err(_) => {
+                // A peer that breaks the protocol gets an abort; the link goes on.
+                self.state.lock().conn.abort();
+                self.notify_peer();
+                self.fail(ECONNABORTED);
+            }
+        }
+        let release = {
+            let state = self.state.lock();
+            state.closing
+                && !state.released
+                && (state.conn.peer_closed() || state.conn.peer_aborted())
+        };
+        if release {
+            self.schedule_release();
+        }
+    }
+
+    fn schedule_release(self: &Arc<Self>) {
+        // Already queued is fine: one release is all it takes.
+        let _ = workqueue::system().enqueue(self.clone());
+    }
+
+    fn apply(&self, changes: Changes) {
         if changes.stale {
             return;
         }
@@ -472,9 +496,7 @@ impl Connection {
             return;
         }
         if changes.cons_update_due {
-            if let Err(err) = self.send_cdc(link, false) {
-                self.fail(err);
-            }
+            self.notify_peer();
         }
         if changes.peer_done_writing || changes.peer_closed {
             self.wake(Sock::state_change);
@@ -483,27 +505,6 @@ impl Connection {
             self.wake(Sock::data_ready);
         }
         if changes.writable {
-            self.wake(Sock::write_space);
-        }
-    }
-
-    fn sent(&self, wc: &WorkCompletion) {
-        let (owed, wake) = {
-            let mut state = self.state.lock();
-            state.sq_free += 1;
-            (
-                core::mem::take(&mut state.cdc_owed),
-                state.sq_free == WRS_PER_SEND || state.sq_free == SQ_DEPTH,
-            )
-        };
-        if wc.status() != WcStatus::SUCCESS {
-            self.fail(ECONNRESET);
-            return;
-        }
-        if owed {
-            self.notify_peer();
-        }
-        if wake {
             self.wake(Sock::write_space);
         }
     }
@@ -551,12 +552,13 @@ impl Connection {
             || conn.write_shut()
             || conn.peer_closed()
             || conn.peer_aborted()
-            || (conn.writable() > 0 && state.sq_free >= WRS_PER_SEND)
+            || (conn.writable() > 0 && self.link_has_credits())
     }
 
-    /// How many of `want` bytes may be sent now, with the send credits for them reserved;
+    /// How many of `want` bytes may be sent now, with the link's send credits for them taken;
     /// `None` if none (the caller waits), an error if the connection cannot send any more.
     fn send_room(&self, want: u32) -> Result<Option<u32>> {
+        let link = self.link()?;
         let mut state = self.state.lock();
         if let Some(err) = state.error {
             return Err(err);
@@ -566,21 +568,21 @@ impl Connection {
         }
         let room = state.conn.writable().min(want);
         state.conn.set_write_blocked(room < want);
-        if room == 0 || state.sq_free < WRS_PER_SEND {
+        if room == 0 || !link.take_credits(WRS_PER_SEND) {
             return Ok(None);
         }
-        state.sq_free -= WRS_PER_SEND;
         Ok(Some(room))
     }
 
     /// Copies up to `room` bytes of `msg` into the send buffer, writes them to the peer and
-    /// announces them, with the credits [`Connection::send_room`] reserved; returns how many
+    /// announces them, with the credits [`Connection::send_room`] took; returns how many
     /// bytes were sent.
     fn send_step(&self, msg: &mut MsgHdr, room: u32) -> Result<usize> {
+        let link = self.link()?;
         let mut credits = WRS_PER_SEND;
-        let sent = self.send_with_credits(msg, room, &mut credits);
+        let sent = self.send_with_credits(&link, msg, room, &mut credits);
         if credits > 0 {
-            self.state.lock().sq_free += credits;
+            link.return_credits(credits);
         }
         if let Err(err) = sent {
             self.fail(err);
@@ -588,9 +590,14 @@ impl Connection {
         sent
     }
 
-    fn send_with_credits(&self, msg: &mut MsgHdr, room: u32, credits: &mut u32) -> Result<usize> {
-        let link = self.link()?;
-        let tx_buf = link.tx_buf.as_ref().ok_or(ENOTCONN)?;
+    fn send_with_credits(
+        &self,
+        link: &Link,
+        msg: &mut MsgHdr,
+        room: u32,
+        credits: &mut u32,
+    ) -> Result<usize> {
+        let tx_buf = self.tx_buf()?;
         let segments = self.state.lock().conn.write_segments(room).ok_or(EINVAL)?;
         let mut copied = 0u32;
         for segment in segments.iter() {
@@ -609,22 +616,24 @@ impl Connection {
             let segments = state.conn.write_segments(copied).ok_or(EINVAL)?;
             (segments, state.peer_ring_addr, state.peer_rkey)
         };
+        let lkey = link.device().pd().local_dma_lkey();
+        let token = self.token();
         for segment in segments.iter() {
-            let sge = tx_buf.sge(segment.offset as usize, segment.len as usize, link.lkey)?;
-            link.qp.post_rdma_write(
-                self.wr_id(WR_WRITE | u64::from(segment.offset)),
-                &sge,
-                remote_base + u64::from(segment.offset),
-                rkey,
-                true,
-            )?;
+            let sge = tx_buf.sge(segment.offset as usize, segment.len as usize, lkey)?;
+            self.state.lock().inflight += 1;
+            let posted =
+                link.post_write(token, &sge, remote_base + u64::from(segment.offset), rkey);
+            if let Err(err) = posted {
+                self.state.lock().inflight -= 1;
+                return Err(err);
+            }
             *credits -= 1;
         }
         // The bytes are announced only now that their WRITEs are posted: a cursor message
         // sent meanwhile (e.g. a consumer update from the NAPI poll) goes after them.
         self.state.lock().conn.produce(copied);
         *credits -= 1;
-        self.send_cdc(&link, true)?;
+        self.send_cdc(link, true)?;
         self.rdma_tx_bytes.add(u64::from(copied), Relaxed);
         Ok(copied as usize)
     }
@@ -712,8 +721,8 @@ impl Connection {
     }
 
     fn copy_out(&self, msg: &mut MsgHdr, segments: Segments) -> Result<u32> {
-        let link = self.link()?;
-        let ring = link.rx_ring.buffer();
+        let rx_ring = self.rx_ring()?;
+        let ring = rx_ring.buffer();
         let mut copied = 0u32;
         for segment in segments.iter() {
             let n = ring.copy_to_msg(segment.offset as usize, msg, segment.len as usize)?;
@@ -750,10 +759,17 @@ impl Connection {
         if conn.readable() > 0 {
             mask |= epoll::IN | epoll::RDNORM;
         }
-        if conn.write_shut() || (conn.writable() > 0 && state.sq_free >= WRS_PER_SEND) {
+        if conn.write_shut() || (conn.writable() > 0 && self.link_has_credits()) {
             mask |= epoll::OUT | epoll::WRNORM;
         }
         mask
+    }
+
+    fn link_has_credits(&self) -> bool {
+        self.link
+            .lock()
+            .as_ref()
+            .is_some_and(|link| link.has_credits(WRS_PER_SEND))
     }
 
     /// `shutdown(2)`: `read` and/or `write` side.
@@ -777,9 +793,10 @@ impl Connection {
     }
 
     /// Closes the connection: tells the peer (an abort if `abort` or unread data is left, as
-    /// TCP sends a reset then), waits briefly for that to leave, and releases the link.
+    /// TCP sends a reset then), waits briefly for that to leave, and releases the connection
+    /// now if the peer closed too, else when it does.
     pub(crate) fn close(&self, abort: bool) {
-        let healthy = {
+        let link_alive = {
             let mut state = self.state.lock();
             if abort || state.conn.readable() > 0 {
                 state.conn.abort();
@@ -787,43 +804,79 @@ impl Connection {
                 state.conn.close();
             }
             state.closing = true;
-            state.error.is_none()
+            !state.link_dead
         };
-        if healthy {
+        // Even a failed connection says it closed: the peer keeps its ring until it hears.
+        if link_alive {
             self.send_last_cdc();
         }
-        self.abandon();
+        let peer_done = {
+            let state = self.state.lock();
+            state.link_dead || state.conn.peer_closed() || state.conn.peer_aborted()
+        };
+        if peer_done {
+            self.release();
+        }
     }
 
-    /// Sends the cursor message with the closing flags and waits briefly for it to leave.
+    /// Sends the cursor message with the closing flags and waits briefly for this
+    /// connection's work requests to finish.
     fn send_last_cdc(&self) {
         let Ok(link) = self.link() else {
             return;
         };
         if self.send_cdc(&link, false).is_ok() {
             let start = Instant::<Monotonic>::now();
-            while self.state.lock().sq_free < SQ_DEPTH && start.elapsed() < CLOSE_TIMEOUT {
+            while self.state.lock().inflight > 0 && start.elapsed() < CLOSE_TIMEOUT {
                 fsleep(Delta::from_micros(100));
             }
         }
     }
 
-    /// Releases the device resources without telling the peer (a handshake that failed, or the
-    /// end of [`Connection::close`]): no completion reaches this connection afterwards.
+    /// Releases a connection whose handshake failed: the peer never wrote to it.
     pub(crate) fn abandon(&self) {
         self.state.lock().closing = true;
+        self.release();
+    }
+
+    /// Takes the connection off its link and releases its buffers. Process context.
+    fn release(&self) {
+        {
+            let mut state = self.state.lock();
+            if state.released {
+                return;
+            }
+            state.released = true;
+            state.closing = true;
+        }
         self.unwatch_tcp();
-        let link = self.link.lock().take();
-        // Waits for a poll that may still be handing us a completion.
-        drop(self.registration.lock().take());
-        if let Some(link) = link {
-            link.device.detach(self);
+        self.leave_link();
+        // Dropped unlocked: the last references free DMA memory and deregister the ring.
+        let resources = self.resources.lock().take();
+        drop(resources);
+    }
+
+    /// Gives the link back this connection's buffers, if no work request of it is in flight
+    /// (else the queue pair keeps them until it goes).
+    fn detach_from(&self, link: &Link) {
+        let start = Instant::<Monotonic>::now();
+        while self.state.lock().inflight > 0 && start.elapsed() < CLOSE_TIMEOUT {
+            fsleep(Delta::from_micros(100));
+        }
+        if self.state.lock().inflight > 0 {
+            return;
+        }
+        let resources = self.resources.lock();
+        if let Some(resources) = resources.as_ref() {
+            // SAFETY: Nothing of this connection is in flight, and it posts nothing more:
+            // it is off the link (or leaving it) and closing.
+            unsafe { link.detach(resources.tx_buf.as_ref(), &resources.rx_ring) };
         }
     }
 
     /// The device is going away: the connection fails (`ECONNABORTED`, as stock SMC's
     /// smc_conn_kill), aborts towards the peer (the device still works while its clients are
-    /// removed) and releases the device.
+    /// removed), resets the handshake's TCP connection and is released.
     pub(crate) fn device_removed(&self) {
         self.fail(ECONNABORTED);
         let tell_peer = {
@@ -842,7 +895,7 @@ impl Connection {
         if let Some(hook) = self.tcp_watch.as_ref() {
             hook.socket().abort(ECONNABORTED);
         }
-        self.abandon();
+        self.release();
     }
 }
 
@@ -852,24 +905,10 @@ impl SockEvents for Connection {
     }
 }
 
-impl CompletionSink for Connection {
-    fn complete(&self, wc: &WorkCompletion) {
-        // CAST: Masked to the index bits, which hold a slot below `RQ_DEPTH`.
-        let slot = (wc.wr_id() & WR_INDEX_MASK) as u32;
-        match wc.wr_id() & WR_KIND_MASK {
-            WR_RECV => self.received(wc, slot),
-            WR_REG => {
-                let ok = wc.status() == WcStatus::SUCCESS;
-                {
-                    let mut state = self.state.lock();
-                    state.sq_free += 1;
-                    state.registered = ok;
-                }
-                if !ok {
-                    self.fail(ECONNRESET);
-                }
-            }
-            _ => self.sent(wc),
-        }
+impl WorkItem for Connection {
+    type Pointer = Arc<Connection>;
+
+    fn run(this: Arc<Connection>) {
+        this.release();
     }
 }

@@ -4,7 +4,6 @@
 //! instance that reaps it.
 
 use crate::{
-    connection::Connection,
     ffi::{
         ib::{
             ClientRegistration, ClientTable, IbClient, IbDevice, RegisteredDevice, RoceGid,
@@ -13,6 +12,7 @@ use crate::{
         napi::Napi,
         verbs::Pd,
     },
+    link::{Link, PeerEnd},
     poller::Poller,
 };
 use core::fmt;
@@ -36,9 +36,9 @@ use kernel::{
 /// 2. `pd`, once no queue pair or memory region holds it.
 /// 3. `dev`: the registration reference that device unregistration waits for.
 ///
-/// Connections refer to their device, which lists them until they end (see
-/// [`Device::attach`]), so the last `Arc` goes once the device is removed and its
-/// connections are gone; dropping it frees everything.
+/// Links refer to their device, which lists them until they are torn down (see
+/// [`Device::list_link`]), so the last `Arc` goes once the device is removed and its links
+/// are gone; dropping it frees everything.
 #[pin_data]
 pub(crate) struct Device {
     name: [u8; DEVICE_NAME_MAX],
@@ -47,7 +47,7 @@ pub(crate) struct Device {
     netdev: [u8; NETDEV_NAME_MAX],
     netdev_len: usize,
     #[pin]
-    connections: Mutex<Connections>,
+    links: Mutex<Links>,
     napi: Napi<Poller>,
     pd: Arc<Pd>,
     dev: ARef<RegisteredDevice>,
@@ -73,7 +73,7 @@ impl Device {
                 name_len,
                 netdev,
                 netdev_len,
-                connections <- new_mutex!(Connections {
+                links <- new_mutex!(Links {
                     removed: false,
                     list: KVec::new(),
                 }),
@@ -85,36 +85,61 @@ impl Device {
         )
     }
 
-    /// Lists `conn` as using this device, so that removing the device ends it; fails with
-    /// `ENODEV` once the device is being removed. Every listed connection must
-    /// [`Device::detach`] itself when it releases the device.
-    pub(crate) fn attach(&self, conn: Arc<Connection>) -> Result {
-        let mut connections = self.connections.lock();
-        if connections.removed {
+    /// Lists `link` as on this device, so that removing the device ends it and handshakes
+    /// find it; fails with `ENODEV` once the device is being removed. A listed link must
+    /// [`Device::unlist_link`] itself when it is torn down.
+    pub(crate) fn list_link(&self, link: Arc<Link>) -> Result {
+        let mut links = self.links.lock();
+        if links.removed {
             return Err(ENODEV);
         }
-        connections.list.push(conn, GFP_KERNEL)?;
+        links.list.push(link, GFP_KERNEL)?;
         Ok(())
     }
 
-    /// Takes `conn` off the list of connections using this device.
-    pub(crate) fn detach(&self, conn: &Connection) {
-        self.connections
-            .lock()
-            .list
-            .retain(|listed| !core::ptr::eq(&**listed, conn));
+    /// Takes `link` off the device's list.
+    pub(crate) fn unlist_link(&self, link: &Link) {
+        let taken = {
+            let mut links = self.links.lock();
+            let i = links
+                .list
+                .iter()
+                .position(|listed| core::ptr::eq(&**listed, link));
+            i.and_then(|i| links.list.remove(i).ok())
+        };
+        // Dropped unlocked: it may be the last reference, whose destructor takes this lock.
+        drop(taken);
     }
 
-    /// Ends every connection on the device and refuses new ones: it is going away.
-    fn remove_connections(&self) {
+    /// A usable link whose peer's end satisfies `wanted`.
+    pub(crate) fn find_link(&self, wanted: impl Fn(&PeerEnd) -> bool) -> Option<Arc<Link>> {
+        self.links
+            .lock()
+            .list
+            .iter()
+            .find(|link| link.live_peer().is_some_and(|peer| wanted(&peer)))
+            .cloned()
+    }
+
+    /// The device's links, with how many connections each has and how many cursor messages
+    /// it dropped.
+    fn link_stats(&self) -> (usize, usize, u64) {
+        let links = self.links.lock();
+        let conns = links.list.iter().map(|link| link.connections()).sum();
+        let dropped = links.list.iter().map(|link| link.dropped()).sum();
+        (links.list.len(), conns, dropped)
+    }
+
+    /// Ends every link on the device and refuses new ones: it is going away.
+    fn remove_links(&self) {
         let doomed = {
-            let mut connections = self.connections.lock();
-            connections.removed = true;
-            core::mem::take(&mut connections.list)
+            let mut links = self.links.lock();
+            links.removed = true;
+            core::mem::take(&mut links.list)
         };
-        // Unlocked: each connection detaches itself as it releases the device.
-        for conn in doomed.iter() {
-            conn.device_removed();
+        // Unlocked: each link unlists itself (a no-op now) as it is torn down.
+        for link in doomed.iter() {
+            link.device_removed();
         }
     }
 
@@ -145,11 +170,11 @@ impl Device {
     }
 }
 
-/// The connections using a device.
-struct Connections {
-    /// Set when the device is being removed: no connection may start using it.
+/// The links on a device.
+struct Links {
+    /// Set when the device is being removed: no link may start on it.
     removed: bool,
-    list: KVec<Arc<Connection>>,
+    list: KVec<Arc<Link>>,
 }
 
 /// Device and netdev names are printable ASCII (the kernel enforces it); anything else
@@ -188,7 +213,7 @@ impl IbClient for RsmcClient {
         DEVICES
             .lock()
             .retain(|listed| !Arc::ptr_eq(listed, &device));
-        device.remove_connections();
+        device.remove_links();
         pr_info!("device {} removed\n", device.name());
     }
 }
@@ -236,20 +261,25 @@ pub(crate) fn device_for_ip(ip: [u8; 16]) -> Option<(Arc<Device>, RoceGid)> {
     })
 }
 
-/// Writes one line per device:
-/// `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n> completions <n>`.
+/// Writes one line per device: `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n>
+/// completions <n> links <n> connections <n> dropped_cdc <n>`.
 pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for device in DEVICES.lock().iter() {
         let poller = device.poller();
+        let (links, conns, dropped) = device.link_stats();
         writeln!(
             f,
-            "{} napi_id {} polls {} netdev {} cq_events {} completions {}",
+            "{} napi_id {} polls {} netdev {} cq_events {} completions {} links {} \
+             connections {} dropped_cdc {}",
             device.name(),
             device.napi.id(),
             poller.polls(),
             device.netdev(),
             poller.cq_events(),
-            poller.completions()
+            poller.completions(),
+            links,
+            conns,
+            dropped
         )?;
     }
     Ok(())

@@ -113,6 +113,11 @@ impl Poller {
         )
     }
 
+    /// Waits until a poll running now (softirq or busy poller) has finished. Sleeps.
+    pub(crate) fn synchronize(&self) {
+        self.events.napi.synchronize();
+    }
+
     /// The device's completion queue, for the queue pairs of its links.
     pub(crate) fn cq(&self) -> &Arc<Cq> {
         &self.cq

@@ -23,6 +23,7 @@ mod cq_napi_test;
 mod debugfs;
 mod ffi;
 mod ib;
+mod link;
 mod listener;
 mod poller;
 pub mod proto;

@@ -702,6 +702,61 @@ TEST_F(rdma, echo)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Connections between the same two devices share one link                                   */
+
+#define SHARED_CONNS 8
+
+/* Waits up to 10 s for both devices to have @links links and @conns connections on them. */
+static bool links_settle(long links, long conns, long got[4])
+{
+	for (int tries = 0; tries < 200; tries++, msleep(50)) {
+		if (rsmc_device_links("rxe_a", &got[0], &got[1]) ||
+		    rsmc_device_links("rxe_b", &got[2], &got[3]))
+			return false;
+		if (got[0] == links && got[1] == conns && got[2] == links && got[3] == conns)
+			return true;
+	}
+	return false;
+}
+
+TEST_F_TIMEOUT(rdma, shared_link, 120)
+{
+	int cfd[SHARED_CONNS], sfd[SHARED_CONNS];
+	uint8_t byte = 0x5a, got;
+	long n[4] = { 0 };
+
+	/* Earlier tests' connections are gone once both of their ends closed. */
+	ASSERT_TRUE(links_settle(0, 0, n))
+		TH_LOG("left over: rxe_a %ld links %ld conns, rxe_b %ld links %ld conns", n[0],
+		       n[1], n[2], n[3]);
+	for (int i = 0; i < SHARED_CONNS; i++) {
+		smc_pair(_metadata, variant->topo, &cfd[i], &sfd[i]);
+		ASSERT_TRUE(expect_mode(_metadata, "client", cfd[i], RSMC_MODE_RDMA, 0, 0, NULL));
+		ASSERT_EQ(1, write_all(cfd[i], &byte, 1));
+		ASSERT_EQ(1, read_all(sfd[i], &got, 1));
+		ASSERT_EQ(1, write_all(sfd[i], &got, 1));
+		ASSERT_EQ(1, read_all(cfd[i], &got, 1));
+		EXPECT_EQ(byte, got);
+	}
+	EXPECT_TRUE(links_settle(1, SHARED_CONNS, n))
+		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns; want 1 and %d", n[0],
+		       n[1], n[2], n[3], SHARED_CONNS);
+	/* Closing one end keeps its ring until the other end closes too. */
+	for (int i = 0; i < SHARED_CONNS; i++)
+		EXPECT_EQ(0, close(cfd[i]));
+	EXPECT_TRUE(links_settle(1, SHARED_CONNS, n))
+		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns after the clients closed",
+		       n[0], n[1], n[2], n[3]);
+	for (int i = 0; i < SHARED_CONNS; i++) {
+		EXPECT_EQ(0, recv(sfd[i], &got, 1, 0)) TH_LOG("no EOF on connection %d", i);
+		EXPECT_EQ(0, close(sfd[i]));
+	}
+	EXPECT_TRUE(links_settle(0, 0, n))
+		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns after all closed", n[0],
+		       n[1], n[2], n[3]);
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* The payload goes over RDMA, none of it over TCP                                            */
 
 #define NOT_TCP_BYTES (16ULL << 20)

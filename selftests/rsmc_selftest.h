@@ -57,6 +57,31 @@ static inline long rsmc_device_lookup(const char *device, char *netdev)
 	return found;
 }
 
+/*
+ * The links @device has and the connections on them, from the end of its debugfs line
+ * ("... links <n> connections <n> dropped_cdc <n>"). Returns 0, or -1 if the device or the
+ * fields are missing.
+ */
+static inline int rsmc_device_links(const char *device, long *links, long *conns)
+{
+	char line[256], name[64];
+	const char *at;
+	int ret = -1;
+	FILE *f = fopen(RSMC_DEVICES_FILE, "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%63s", name) != 1 || strcmp(name, device))
+			continue;
+		at = strstr(line, " links ");
+		if (at && sscanf(at, " links %ld connections %ld", links, conns) == 2)
+			ret = 0;
+	}
+	fclose(f);
+	return ret;
+}
+
 static inline long rsmc_device_napi_id(const char *device)
 {
 	return rsmc_device_lookup(device, NULL);

@@ -359,14 +359,22 @@ impl KernelSocket {
         unsafe { sys::rsmc_tcp_syn_smc(self.sk()) }
     }
 
-    /// The local IP address of the connection as an IPv6 address (IPv4 as `::ffff:a.b.c.d`).
-    pub(crate) fn local_ip(&self) -> Result<[u8; 16]> {
+    /// The local (or the `peer`'s) IP address of the connection as an IPv6 address (IPv4 as
+    /// `::ffff:a.b.c.d`).
+    pub(crate) fn ip(&self, peer: bool) -> Result<[u8; 16]> {
         /// Room for any socket address (`struct sockaddr_storage`).
         #[repr(C, align(8))]
         struct Storage([u8; 128]);
         let mut storage = Storage([0; 128]);
+        let addr = storage.0.as_mut_ptr().cast();
         // SAFETY: The socket is valid; `storage` has room for any address.
-        let len = unsafe { sys::kernel_getsockname(self.0, storage.0.as_mut_ptr().cast()) };
+        let len = unsafe {
+            if peer {
+                sys::kernel_getpeername(self.0, addr)
+            } else {
+                sys::kernel_getsockname(self.0, addr)
+            }
+        };
         to_result(len)?;
         let bytes = &storage.0;
         let family = c_int::from(u16::from_ne_bytes([bytes[0], bytes[1]]));

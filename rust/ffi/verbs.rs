@@ -834,6 +834,35 @@ impl Qp {
         Ok(())
     }
 
+    /// Takes back from this queue pair a buffer [`Qp::attach`] gave it.
+    ///
+    /// # Safety
+    ///
+    /// No work request posted on this queue pair that names `buf` may be outstanding.
+    pub(crate) unsafe fn detach_buffer(&self, buf: &Arc<DmaBuffer>) {
+        let mut memory = self.memory.lock();
+        if let Some(i) = memory.buffers.iter().position(|b| Arc::ptr_eq(b, buf)) {
+            // The reference is dropped unlocked below: a buffer's destructor unmaps it.
+            let taken = memory.buffers.remove(i);
+            drop(memory);
+            drop(taken);
+        }
+    }
+
+    /// Takes back from this queue pair a memory region [`Qp::post_reg_mr`] registered.
+    ///
+    /// # Safety
+    ///
+    /// No work request posted on this queue pair that names `mr` may be outstanding.
+    pub(crate) unsafe fn detach_mr(&self, mr: &Arc<Mr>) {
+        let mut memory = self.memory.lock();
+        if let Some(i) = memory.mrs.iter().position(|m| Arc::ptr_eq(m, mr)) {
+            let taken = memory.mrs.remove(i);
+            drop(memory);
+            drop(taken);
+        }
+    }
+
     /// The `ib_sge` for `local` if the device may move data `dir` through it.
     fn ib_sge(&self, local: &Sge<'_>, dir: DmaDirection) -> Result<sys::ib_sge> {
         let attached = || {

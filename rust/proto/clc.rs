@@ -25,7 +25,7 @@
 //! | 8      | 8    | peer id (random, identifies the sending host)              |
 //! | 16     | 16   | GID                                                        |
 //! | 32     | 6    | MAC address                                                |
-//! | 38     | 1    | link id                                                    |
+//! | 38     | 1    | link id: nonzero if the QP is an existing link's (reused)  |
 //! | 39     | 1    | path MTU code, 1..=5 for 256..=4096 bytes                  |
 //! | 40     | 3    | QP number                                                  |
 //! | 43     | 3    | initial packet sequence number                             |
@@ -219,6 +219,9 @@ impl DeclineCode {
     pub const SYNCERR: Self = Self(0x0400_0000);
     /// The peer declined during the handshake.
     pub const PEERDECL: Self = Self(0x0500_0000);
+    /// rsmc: the link the client offered to reuse is gone on the server's side; the client
+    /// proposes again with a new link on the same TCP connection.
+    pub const NOCLNTLINK: Self = Self(0x030B_0100);
     /// Internal error.
     pub const INTERR: Self = Self(0x0999_0000);
     /// Internal error: rtoken handling failed.
@@ -281,7 +284,8 @@ pub struct Endpoint {
     pub gid: [u8; 16],
     /// MAC address of the sender's RDMA port.
     pub mac: [u8; 6],
-    /// Link identifier.
+    /// Nonzero if the queue pair is that of an existing link between the two devices, which
+    /// the connection reuses; 0 for a new queue pair.
     pub link_id: u8,
     /// Path MTU.
     pub mtu: PathMtu,
