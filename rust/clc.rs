@@ -105,6 +105,19 @@ fn decline(clc: &KernelSocket, code: DeclineCode) -> Outcome {
     fallback(code)
 }
 
+/// How the handshake ends on `got` when another message was expected: the peer's decline,
+/// or ours.
+fn unexpected(clc: &KernelSocket, got: core::result::Result<Message, DeclineCode>) -> Outcome {
+    match got {
+        Ok(Message::Decline(peer)) => Outcome::Fallback {
+            reason: DeclineCode::PEERDECL,
+            peer_code: peer.code,
+        },
+        Ok(_) => decline(clc, DeclineCode::SYNCERR),
+        Err(code) => decline(clc, code),
+    }
+}
+
 /// Receives one handshake message; on failure, the decline code to answer with.
 fn recv(clc: &KernelSocket) -> core::result::Result<Message, DeclineCode> {
     let mut buf = [0u8; MAX_MSG_LEN];
@@ -299,14 +312,7 @@ fn client_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
                 };
                 offer = Offer::New;
             }
-            Ok(Message::Decline(peer)) => {
-                return Outcome::Fallback {
-                    reason: DeclineCode::PEERDECL,
-                    peer_code: peer.code,
-                }
-            }
-            Ok(_) => return decline(clc, DeclineCode::SYNCERR),
-            Err(code) => return decline(clc, code),
+            got => return unexpected(clc, got),
         }
     }
 }
@@ -353,11 +359,8 @@ pub(crate) fn server(clc: &KernelSocket) -> Outcome {
         Err(code) => {
             // Read the proposal first, so that the decline answers it.
             return match recv(clc) {
-                Ok(Message::Decline(peer)) => Outcome::Fallback {
-                    reason: DeclineCode::PEERDECL,
-                    peer_code: peer.code,
-                },
-                _ => decline(clc, code),
+                Ok(Message::Proposal(_)) => decline(clc, code),
+                got => unexpected(clc, got),
             };
         }
     };
@@ -374,14 +377,7 @@ fn server_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
     let (proposal, link, offer) = loop {
         let proposal = match recv(clc) {
             Ok(Message::Proposal(proposal)) => proposal,
-            Ok(Message::Decline(peer)) => {
-                return Outcome::Fallback {
-                    reason: DeclineCode::PEERDECL,
-                    peer_code: peer.code,
-                }
-            }
-            Ok(_) => return decline(clc, DeclineCode::SYNCERR),
-            Err(code) => return decline(clc, code),
+            got => return unexpected(clc, got),
         };
         offers_left -= 1;
         if proposal.link_id == 0 {
@@ -442,11 +438,6 @@ fn server_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
         {
             Outcome::Rdma(conn.clone())
         }
-        Ok(Message::Decline(peer)) => Outcome::Fallback {
-            reason: DeclineCode::PEERDECL,
-            peer_code: peer.code,
-        },
-        Ok(_) => decline(clc, DeclineCode::SYNCERR),
-        Err(code) => decline(clc, code),
+        got => unexpected(clc, got),
     }
 }

@@ -201,12 +201,7 @@ impl Link {
 
     /// Connects the queue pair to the peer's (`mtu`: the peer's path MTU).
     pub(crate) fn connect(&self, peer: &RemoteQp, mtu: PathMtu) -> Result {
-        let own_mtu = self.device.registered().active_mtu(self.gid.port)?;
-        let mtu = if own_mtu.code() <= mtu.code() {
-            own_mtu
-        } else {
-            mtu
-        };
+        let mtu = mtu.path_with(self.device.registered().active_mtu(self.gid.port)?);
         self.qp
             .modify_to_rtr(self.gid.port, self.gid.index, peer, mtu)?;
         self.qp.modify_to_rts(self.psn)?;

@@ -139,13 +139,10 @@ mod tests {
     fn connect() -> Result<(Host, Host)> {
         let a = Host::new(c"rxe_a", [192, 0, 2, 1])?;
         let b = Host::new(c"rxe_b", [192, 0, 2, 2])?;
-        let mtu_a = a.dev.active_mtu(a.gid.port)?;
-        let mtu_b = b.dev.active_mtu(b.gid.port)?;
-        let mtu = if mtu_a.code() <= mtu_b.code() {
-            mtu_a
-        } else {
-            mtu_b
-        };
+        let mtu = a
+            .dev
+            .active_mtu(a.gid.port)?
+            .path_with(b.dev.active_mtu(b.gid.port)?);
         for (local, local_psn, peer, peer_psn) in [(&a, PSN_A, &b, PSN_B), (&b, PSN_B, &a, PSN_A)] {
             let port = local.gid.port;
             local

@@ -144,6 +144,15 @@ impl PathMtu {
     pub const fn bytes(self) -> u32 {
         128 << self.code()
     }
+
+    /// Returns the smaller of `self` and `other`: the MTU of a path between the two.
+    pub const fn path_with(self, other: Self) -> Self {
+        if self.code() <= other.code() {
+            self
+        } else {
+            other
+        }
+    }
 }
 
 /// Reason code of a decline message.
@@ -723,6 +732,12 @@ mod tests {
         for code in 1..=5 {
             assert_eq!(PathMtu::from_code(code).map(PathMtu::code), Some(code));
         }
+        assert_eq!(
+            PathMtu::Mtu4096.path_with(PathMtu::Mtu1024),
+            PathMtu::Mtu1024
+        );
+        assert_eq!(PathMtu::Mtu512.path_with(PathMtu::Mtu2048), PathMtu::Mtu512);
+        assert_eq!(PathMtu::Mtu256.path_with(PathMtu::Mtu256), PathMtu::Mtu256);
     }
 
     #[test]

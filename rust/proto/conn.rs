@@ -385,9 +385,8 @@ impl Conn {
 #[cfg(any(test, CONFIG_KUNIT))]
 #[cfg_attr(CONFIG_KUNIT, kernel::prelude::kunit_tests(rsmc_proto_conn))]
 mod tests {
-    use super::super::ring::Segment;
+    use super::super::{ring::Segment, test_rng::XorShift};
     use super::*;
-    use core::num::NonZeroU64;
 
     /// Token of the connections under test.
     const TOKEN: u32 = 0x1234_5678;
@@ -1081,26 +1080,6 @@ mod tests {
 
     /// Messages in flight from each end in the random exchange.
     const IN_FLIGHT: usize = 4;
-
-    /// Deterministic xorshift64 generator for reproducible random operation sequences.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        /// Uniform-ish value in `0..=max`.
-        fn up_to(&mut self, max: u32) -> u32 {
-            // `max + 1` cannot saturate, being at most 2^32.
-            (self.next() % NonZeroU64::MIN.saturating_add(u64::from(max))) as u32
-        }
-    }
 
     /// One end of the random exchange.
     struct End {

@@ -11,3 +11,5 @@ pub mod cdc;
 pub mod clc;
 pub mod conn;
 pub mod ring;
+#[cfg(any(test, CONFIG_KUNIT))]
+mod test_rng;

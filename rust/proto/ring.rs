@@ -335,6 +335,7 @@ impl RingSize {
 #[cfg(any(test, CONFIG_KUNIT))]
 #[cfg_attr(CONFIG_KUNIT, kernel::prelude::kunit_tests(rsmc_proto_ring))]
 mod tests {
+    use super::super::test_rng::XorShift;
     use super::*;
 
     /// Returns the ring size of `bytes` bytes; for constants only, so that an invalid size fails
@@ -343,26 +344,6 @@ mod tests {
         match RingSize::new(bytes) {
             Some(ring) => ring,
             None => panic!(),
-        }
-    }
-
-    /// Deterministic xorshift64 generator for reproducible random operation sequences.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        /// Uniform-ish value in `0..=max`.
-        fn up_to(&mut self, max: u32) -> u32 {
-            // `max + 1` cannot saturate, being at most 2^32.
-            (self.next() % NonZeroU64::MIN.saturating_add(u64::from(max))) as u32
         }
     }
 
