@@ -302,11 +302,23 @@ pub(crate) fn client(clc: &KernelSocket) -> Outcome {
 }
 
 fn client_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
+    let Ok((device, _)) = conn.device() else {
+        return decline(clc, DeclineCode::CNFERR);
+    };
     // RoCE v2 GIDs are IP addresses: the server's port has the one we are connected to.
-    let reused = clc
-        .ip(true)
-        .ok()
-        .and_then(|server_gid| join_link_to(conn, server_gid));
+    let server_gid = clc.ip(true).ok();
+    let reuse = || server_gid.and_then(|gid| join_link_to(conn, gid));
+    let mut reused = reuse();
+    // Without a link to reuse, set one up, one connection at a time: the others wait here
+    // and then share it. Held until the new link is connected (or given up).
+    let _first_contact = match reused {
+        Some(_) => None,
+        None => {
+            let guard = device.first_contact();
+            reused = reuse();
+            reused.is_none().then_some(guard)
+        }
+    };
     let (mut link, mut offer) = match reused {
         Some(link) => (link, Offer::Reused),
         None => match join_new_link(conn) {
