@@ -46,6 +46,10 @@ use kernel::{
 /// How long to wait for each handshake message: stock SMC's 2 s, stretched for emulated
 /// test machines.
 const CLC_WAIT_MS: u32 = 5000;
+/// How long to wait for the peer's answer to a message whose answer timed out: it does come
+/// (each side answers every handshake message before it reads the next), and must be taken
+/// off the stream before the application reads the stream as its data.
+const LATE_ANSWER_WAIT_MS: u32 = 30_000;
 /// The longest foreign CLC message skipped whole (stock SMC's proposals are below 1 KiB).
 const FOREIGN_MSG_MAX: usize = 4096;
 
@@ -81,8 +85,8 @@ fn peer_id() -> [u8; 8] {
     id.to_be_bytes()
 }
 
-fn wait_jiffies() -> c_long {
-    c_long::try_from(msecs_to_jiffies(CLC_WAIT_MS)).unwrap_or(c_long::MAX)
+fn jiffies(ms: u32) -> c_long {
+    c_long::try_from(msecs_to_jiffies(ms)).unwrap_or(c_long::MAX)
 }
 
 fn send(clc: &KernelSocket, msg: &Message) -> Result {
@@ -102,7 +106,18 @@ fn decline(clc: &KernelSocket, code: DeclineCode) -> Outcome {
             code,
         }),
     );
+    if code == DeclineCode::TIMEOUT_CL {
+        take_late_answer(clc);
+    }
     fallback(code)
+}
+
+/// After a timeout the peer's answer is still on its way: takes it off the stream. If it does
+/// not come either, the TCP connection is reset rather than handed over in an unknown state.
+fn take_late_answer(clc: &KernelSocket) {
+    if recv_within(clc, LATE_ANSWER_WAIT_MS).is_err() {
+        clc.abort(ETIMEDOUT);
+    }
 }
 
 /// How the handshake ends on `got` when another message was expected: the peer's decline,
@@ -120,9 +135,14 @@ fn unexpected(clc: &KernelSocket, got: core::result::Result<Message, DeclineCode
 
 /// Receives one handshake message; on failure, the decline code to answer with.
 fn recv(clc: &KernelSocket) -> core::result::Result<Message, DeclineCode> {
+    recv_within(clc, CLC_WAIT_MS)
+}
+
+/// [`recv`], waiting up to `wait_ms` for each part of the message.
+fn recv_within(clc: &KernelSocket, wait_ms: u32) -> core::result::Result<Message, DeclineCode> {
     let mut buf = [0u8; MAX_MSG_LEN];
     let (head, rest) = buf.split_at_mut(HEADER_LEN);
-    clc.recv_exact(head, wait_jiffies()).map_err(|err| {
+    clc.recv_exact(head, jiffies(wait_ms)).map_err(|err| {
         if err == EAGAIN {
             DeclineCode::TIMEOUT_CL
         } else {
@@ -134,8 +154,11 @@ fn recv(clc: &KernelSocket) -> core::result::Result<Message, DeclineCode> {
             let body = rest
                 .get_mut(..header.len - HEADER_LEN)
                 .ok_or(DeclineCode::SYNCERR)?;
-            clc.recv_exact(body, wait_jiffies())
-                .map_err(|_| DeclineCode::TIMEOUT_CL)?;
+            if clc.recv_exact(body, jiffies(wait_ms)).is_err() {
+                // Stuck in the middle of a message: the stream cannot be handed over.
+                clc.abort(ETIMEDOUT);
+                return Err(DeclineCode::SYNCERR);
+            }
             clc::decode(&buf[..header.len]).map_err(|_| DeclineCode::SYNCERR)
         }
         Err(err) => {
@@ -163,7 +186,7 @@ fn skip_foreign(clc: &KernelSocket, head: &[u8]) {
     while left > 0 {
         let chunk = left.min(scratch.len());
         if clc
-            .recv_exact(&mut scratch[..chunk], wait_jiffies())
+            .recv_exact(&mut scratch[..chunk], jiffies(CLC_WAIT_MS))
             .is_err()
         {
             return;
@@ -279,11 +302,23 @@ pub(crate) fn client(clc: &KernelSocket) -> Outcome {
 }
 
 fn client_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
+    let Ok((device, _)) = conn.device() else {
+        return decline(clc, DeclineCode::CNFERR);
+    };
     // RoCE v2 GIDs are IP addresses: the server's port has the one we are connected to.
-    let reused = clc
-        .ip(true)
-        .ok()
-        .and_then(|server_gid| join_link_to(conn, server_gid));
+    let server_gid = clc.ip(true).ok();
+    let reuse = || server_gid.and_then(|gid| join_link_to(conn, gid));
+    let mut reused = reuse();
+    // Without a link to reuse, set one up, one connection at a time: the others wait here
+    // and then share it. Held until the new link is connected (or given up).
+    let _first_contact = match reused {
+        Some(_) => None,
+        None => {
+            let guard = device.first_contact();
+            reused = reuse();
+            reused.is_none().then_some(guard)
+        }
+    };
     let (mut link, mut offer) = match reused {
         Some(link) => (link, Offer::Reused),
         None => match join_new_link(conn) {

@@ -668,11 +668,11 @@ impl Connection {
                 } else if state.error.is_some() {
                     drop(state);
                     // As TCP: a reset is reported once (the pending socket error), then end
-                    // of file.
-                    return match sk.take_error() {
-                        Some(err) if copied == 0 => Err(err),
-                        _ => Ok(copied),
-                    };
+                    // of file; bytes already copied go first, the error with the next call.
+                    if copied > 0 {
+                        return Ok(copied);
+                    }
+                    return sk.take_error().map_or(Ok(0), Err);
                 } else if state.conn.at_eof() || state.rd_shut {
                     return Ok(copied);
                 } else {
@@ -798,6 +798,10 @@ impl Connection {
     pub(crate) fn close(&self, abort: bool) {
         let link_alive = {
             let mut state = self.state.lock();
+            // Closed already (the socket's release, then its state's drop, both close).
+            if state.closing {
+                return;
+            }
             if abort || state.conn.readable() > 0 {
                 state.conn.abort();
             } else {

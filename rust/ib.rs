@@ -12,7 +12,7 @@ use crate::{
         napi::Napi,
         verbs::Pd,
     },
-    link::{Link, PeerEnd},
+    link::{Link, PeerEnd, MAX_LINKS},
     poller::Poller,
 };
 use core::fmt;
@@ -48,6 +48,10 @@ pub(crate) struct Device {
     netdev_len: usize,
     #[pin]
     links: Mutex<Links>,
+    /// Held by a client while it sets up a new link, so that concurrent connections to the
+    /// same peer wait and share it (stock SMC's smc_client_lgr_pending).
+    #[pin]
+    first_contact: Mutex<()>,
     napi: Napi<Poller>,
     pd: Arc<Pd>,
     dev: ARef<RegisteredDevice>,
@@ -77,6 +81,7 @@ impl Device {
                     removed: false,
                     list: KVec::new(),
                 }),
+                first_contact <- new_mutex!(()),
                 napi,
                 pd,
                 dev,
@@ -93,8 +98,21 @@ impl Device {
         if links.removed {
             return Err(ENODEV);
         }
+        if links.list.len() >= MAX_LINKS {
+            return Err(EBUSY);
+        }
         links.list.push(link, GFP_KERNEL)?;
         Ok(())
+    }
+
+    /// How many links the device has.
+    pub(crate) fn links(&self) -> usize {
+        self.links.lock().list.len()
+    }
+
+    /// Serialises the setup of new links by clients (see `first_contact`).
+    pub(crate) fn first_contact(&self) -> kernel::sync::MutexGuard<'_, ()> {
+        self.first_contact.lock()
     }
 
     /// Takes `link` off the device's list.

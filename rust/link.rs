@@ -20,7 +20,7 @@ use crate::{
         verbs::{Access, DmaBuffer, DmaDirection, Mr, Qp, RemoteQp, Sge, WcStatus, WorkCompletion},
     },
     ib::Device,
-    poller::{CompletionSink, SinkRegistration},
+    poller::{CompletionSink, SinkRegistration, CQ_ENTRIES},
     proto::{cdc, clc::PathMtu},
 };
 use kernel::{
@@ -40,6 +40,9 @@ const RQ_DEPTH: u32 = 64;
 const CDC_SLOT: usize = 64;
 /// Cursor-message send slots: each message holds a send credit, so no more are in flight.
 const CDC_SLOTS: usize = SQ_DEPTH as usize;
+/// Links a device may have: all of their work requests fit its completion queue, which must
+/// never overflow.
+pub(crate) const MAX_LINKS: usize = (CQ_ENTRIES / (SQ_DEPTH + RQ_DEPTH)) as usize;
 /// Send credits that wake connections waiting for them.
 const CREDITS_TO_WAKE: u32 = SQ_DEPTH / 8;
 
@@ -129,6 +132,10 @@ impl Link {
     /// posted, listed on the device; it goes when its last connection leaves, or with
     /// [`Link::discard`] if none ever joined.
     pub(crate) fn new(device: Arc<Device>, gid: RoceGid) -> Result<Arc<Self>> {
+        // Checked again, under the device's lock, when the link is listed.
+        if device.links() >= MAX_LINKS {
+            return Err(EBUSY);
+        }
         let dev = device.registered();
         let cq = device.poller().cq();
         let qp = Qp::new(device.pd(), cq, cq, SQ_DEPTH, RQ_DEPTH)?;

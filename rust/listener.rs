@@ -2,11 +2,11 @@
 
 //! The accept side of a listening `AF_SMC` socket (net/smc's smc_tcp_listen_work).
 //!
-//! TCP connections are taken from the internal listening TCP socket and handshaken in the
-//! background, by a work item the listening socket's data-ready callback queues; finished
-//! sockets (over RDMA or fallen back to TCP) wait in `ready` for `accept`. So a client's
-//! `connect` completes whether or not the server application has called `accept` yet, as with
-//! TCP.
+//! TCP connections are taken from the internal listening TCP socket by a work item the
+//! listening socket's data-ready callback queues, and each is handshaken by a work item of its
+//! own (stock SMC's smc_listen_work), so that a slow peer holds up no other; finished sockets
+//! (over RDMA or fallen back to TCP) wait in `ready` for `accept`. So a client's `connect`
+//! completes whether or not the server application has called `accept` yet, as with TCP.
 
 use crate::{
     af_smc::SmcSock,
@@ -23,7 +23,7 @@ use kernel::{
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
-        Arc, ArcBorrow, Mutex, SetOnce,
+        new_spinlock, Arc, ArcBorrow, Mutex, SetOnce, SpinLock,
     },
     workqueue::{self, impl_has_work, new_work, Work, WorkItem},
 };
@@ -113,8 +113,9 @@ impl Listener {
         }
     }
 
-    /// Takes every pending TCP connection and handshakes it.
-    fn accept_pending(&self) {
+    /// Takes every pending TCP connection and starts its handshake. Without memory for it
+    /// a connection is closed, as TCP drops a connection it cannot queue.
+    fn accept_pending(self: &Arc<Self>) {
         while !self.closed.load(Relaxed) {
             let Ok(child) = self.clc.accept(O_NONBLOCK) else {
                 break;
@@ -128,12 +129,60 @@ impl Listener {
             let Ok(state) = SmcSock::new(child) else {
                 continue;
             };
-            state.settle(clc::server(state.clc()));
-            // Without memory for the queue entry the connection is closed, as TCP drops a
-            // connection it cannot queue.
-            if self.ready.lock().push(state, GFP_KERNEL).is_ok() {
-                self.sk.data_ready();
+            if let Ok(handshake) = Handshake::new(self.clone(), state) {
+                // Handshakes wait for the network: the unbound queue runs them side by side.
+                let _ = workqueue::system_unbound().enqueue(handshake);
             }
+        }
+    }
+
+    /// Queues a handshaken connection for `accept`; after `close`, drops it (which aborts it).
+    fn handshaken(&self, state: SmcSock) {
+        if self.closed.load(Relaxed) {
+            return;
+        }
+        if self.ready.lock().push(state, GFP_KERNEL).is_ok() {
+            self.sk.data_ready();
+        }
+    }
+}
+
+/// The server side of one connection's handshake, run as a work item.
+#[pin_data]
+struct Handshake {
+    listener: Arc<Listener>,
+    /// Taken by the work item.
+    #[pin]
+    state: SpinLock<Option<SmcSock>>,
+    #[pin]
+    work: Work<Handshake>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for Handshake { self.work }
+}
+
+impl Handshake {
+    fn new(listener: Arc<Listener>, state: SmcSock) -> Result<Arc<Self>> {
+        Arc::pin_init(
+            try_pin_init!(Self {
+                listener,
+                state <- new_spinlock!(Some(state)),
+                work <- new_work!("Handshake::work"),
+            }? Error),
+            GFP_KERNEL,
+        )
+    }
+}
+
+impl WorkItem for Handshake {
+    type Pointer = Arc<Handshake>;
+
+    fn run(this: Arc<Handshake>) {
+        let state = this.state.lock().take();
+        if let Some(state) = state {
+            state.settle(clc::server(state.clc()));
+            this.listener.handshaken(state);
         }
     }
 }

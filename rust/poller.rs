@@ -28,7 +28,7 @@ use kernel::{
 };
 
 /// Completion queue entries per device, shared by the send and receive queues of its links.
-const CQ_ENTRIES: u32 = 8192;
+pub(crate) const CQ_ENTRIES: u32 = 8192;
 /// Completions reaped per `ib_poll_cq` call.
 const POLL_BATCH: usize = 16;
 /// A `wr_id`'s top bits name the [`CompletionSink`] its completion goes to.

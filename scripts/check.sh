@@ -107,7 +107,13 @@ if [ -n "$leaks" ]; then
 	echo "$leaks" | head -60
 fi
 
-# The kernel log must be free of splats (KASAN, lockdep, WARN, BUG, refcount, panic).
+# The kernel log must be free of splats (KASAN, lockdep, WARN, BUG, refcount, panic) from
+# the moment rsmc is loaded; what the kernel reported while booting, before, is shown only.
+boot=$(section "### boot log")
+if [ -n "$boot" ]; then
+	echo "check: warning: the kernel reported this while booting, before rsmc was loaded:"
+	echo "$boot"
+fi
 splats=$(section "### kernel log")
 if [ -n "$splats" ]; then
 	fail "kernel log has reports:"

@@ -30,6 +30,13 @@ if [ -e /sys/kernel/debug/kmemleak ]; then
 	echo scan >/sys/kernel/debug/kmemleak
 	cat /sys/kernel/debug/kmemleak
 fi
+# Splats before rsmc was loaded (the kernel's own, while booting) are listed apart.
+splat='BUG:|WARNING:|Oops|KASAN|UBSAN|possible recursive locking|circular locking|inconsistent lock|sleeping function called|refcount_t:|Kernel panic'
+mark='rsmc-check: loading rsmc'
+dmesg >/tmp/rsmc-dmesg
+grep -q "$mark" /tmp/rsmc-dmesg || mark='^'
+echo "### boot log"
+sed "/$mark/,\$d" /tmp/rsmc-dmesg | grep -E -A20 "$splat" || true
 echo "### kernel log"
-dmesg | grep -E -A20 'BUG:|WARNING:|Oops|KASAN|UBSAN|possible recursive locking|circular locking|inconsistent lock|sleeping function called|refcount_t:|Kernel panic' || true
+sed -n "/$mark/,\$p" /tmp/rsmc-dmesg | grep -E -A20 "$splat" || true
 echo "### end"
