@@ -45,7 +45,7 @@ use kernel::{
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
-        new_spinlock_irq, Arc, ArcBorrow, Mutex, SetOnce, SpinLockIrq,
+        new_spinlock, new_spinlock_irq, Arc, ArcBorrow, Mutex, SetOnce, SpinLock, SpinLockIrq,
     },
     time::{delay::fsleep, Delta, Instant, Monotonic},
     workqueue::{self, impl_has_work, new_work, Work, WorkItem},
@@ -147,9 +147,12 @@ pub(crate) struct Connection {
     resources: SpinLockIrq<Option<Resources>>,
     /// The socket to wake; set once the connection belongs to one.
     sk: SetOnce<ARef<Sock>>,
-    /// Watches the handshake's TCP connection, which lives as long as this one: its reset
-    /// (the peer's device went, or its keepalive failed) ends this connection too.
-    tcp_watch: SetOnce<SockHook<Connection>>,
+    /// Watches the handshake's TCP connection while the socket is open: its reset (the
+    /// peer's device went, or its keepalive failed) ends this connection too. Dropped when the
+    /// socket closes, so that the TCP connection closes with it (and the side that closes
+    /// first keeps the port in TIME_WAIT, as with TCP).
+    #[pin]
+    tcp_watch: SpinLock<Option<SockHook<Connection>>>,
     /// One sender and one receiver at a time, as the socket lock gives TCP.
     #[pin]
     tx_lock: Mutex<()>,
@@ -202,7 +205,7 @@ impl Connection {
                     gid,
                 })),
                 sk: SetOnce::new(),
-                tcp_watch: SetOnce::new(),
+                tcp_watch <- new_spinlock!(None),
                 tx_lock <- new_mutex!(()),
                 rx_lock <- new_mutex!(()),
                 rdma_tx_bytes: Atomic::new(0),
@@ -342,20 +345,27 @@ impl Connection {
     /// Ties the connection to its handshake's TCP connection `clc` (see `tcp_watch`).
     pub(crate) fn watch_tcp(self: &Arc<Self>, clc: Arc<KernelSocket>) -> Result {
         let hook = SockHook::new(clc, HookedEvent::ErrorReport, self.clone())?;
-        if !self.tcp_watch.populate(hook) {
-            return Err(EBUSY);
-        }
-        // A connection released meanwhile did not see the hook to undo it.
-        if self.state.lock().released {
+        let taken = self.tcp_watch.lock().replace(hook);
+        drop(taken);
+        // A connection closed meanwhile did not see the hook to drop it.
+        if self.state.lock().closing {
             self.unwatch_tcp();
         }
         Ok(())
     }
 
-    fn unwatch_tcp(&self) {
-        if let Some(hook) = self.tcp_watch.as_ref() {
+    /// Stops watching the TCP connection and lets it go; returns the hook if there was one.
+    fn take_tcp_watch(&self) -> Option<SockHook<Connection>> {
+        let hook = self.tcp_watch.lock().take();
+        if let Some(hook) = &hook {
             hook.unhook();
         }
+        hook
+    }
+
+    fn unwatch_tcp(&self) {
+        // Dropped unlocked: dropping the hook may release the TCP socket.
+        drop(self.take_tcp_watch());
     }
 
     /// Payload bytes written to the peer and read from our ring.
@@ -814,6 +824,7 @@ impl Connection {
         if link_alive {
             self.send_last_cdc();
         }
+        self.unwatch_tcp();
         let peer_done = {
             let state = self.state.lock();
             state.link_dead || state.conn.peer_closed() || state.conn.peer_aborted()
@@ -895,8 +906,7 @@ impl Connection {
         }
         // The message may not get out (rxe stops receiving acknowledgements before its
         // clients are removed): resetting the TCP connection tells the peer for sure.
-        self.unwatch_tcp();
-        if let Some(hook) = self.tcp_watch.as_ref() {
+        if let Some(hook) = self.take_tcp_watch() {
             hook.socket().abort(ECONNABORTED);
         }
         self.release();

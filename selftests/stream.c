@@ -563,6 +563,9 @@ struct conn {
 	const char *failed;
 	int err;
 	bool ok;
+	/* a client's reply length, and how its connection ran (struct rsmc_info) */
+	ssize_t got;
+	uint32_t mode, fallback_reason;
 };
 
 /* Request and reply sizes differ per connection. */
@@ -606,7 +609,14 @@ static void *conn_client(void *arg)
 	/* Reply: pattern 2000 + id, then EOF. */
 	n = read_all(fd, buf, len + 1);
 	if (n != (ssize_t)len) {
+		struct rsmc_info info = {};
+		socklen_t ilen = sizeof(info);
+
 		c->failed = n < 0 ? "recv" : "reply length", c->err = n < 0 ? errno : 0;
+		c->got = n;
+		c->len = len;
+		if (!getsockopt(fd, SOL_SMC, RSMC_INFO, &info, &ilen))
+			c->mode = info.mode, c->fallback_reason = info.fallback_reason;
 		goto out;
 	}
 	if (pattern_mismatch(buf, 2000 + c->id, 0, len, scratch) >= 0) {
@@ -688,8 +698,10 @@ TEST_F_TIMEOUT(stream, concurrent_connections_64, 120)
 		ASSERT_EQ(0, pthread_join(st[i], NULL));
 	}
 	for (int i = 0; i < NCONN; i++) {
-		EXPECT_TRUE(cli[i].ok) TH_LOG("client %d: %s: %s", i, cli[i].failed,
-					      strerror(cli[i].err));
+		EXPECT_TRUE(cli[i].ok) TH_LOG("client %d: %s: %s (got %zd of %zu, mode %u, fallback "
+					      "0x%x)", i, cli[i].failed, strerror(cli[i].err),
+					      cli[i].got, cli[i].len, cli[i].mode,
+					      cli[i].fallback_reason);
 		EXPECT_TRUE(srv[i].ok) TH_LOG("server conn %d (id %u): %s: %s", i, srv[i].id,
 					      srv[i].failed, strerror(srv[i].err));
 		if (srv[i].ok) {

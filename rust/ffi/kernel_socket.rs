@@ -518,7 +518,8 @@ pub(crate) struct SockHook<T: SockEvents> {
     old: sys::rsmc_sk_callback,
     /// Cleared by the first [`SockHook::unhook`].
     hooked: Atomic<bool>,
-    _target: PhantomData<T>,
+    // `fn() -> T`: the hook only refers to a `T` (in the socket), so it moves freely.
+    _target: PhantomData<fn() -> T>,
 }
 
 impl<T: SockEvents> SockHook<T> {
