@@ -44,8 +44,15 @@ use kernel::{
 };
 
 /// How long to wait for each handshake message: stock SMC's 2 s, stretched for emulated
-/// test machines.
+/// test machines, and more on debug kernels (KASAN), which run an order of magnitude slower
+/// there: dozens of concurrent handshakes must not time out one after another.
+#[cfg(not(CONFIG_KASAN))]
 const CLC_WAIT_MS: u32 = 5000;
+#[cfg(CONFIG_KASAN)]
+const CLC_WAIT_MS: u32 = 30_000;
+/// How long a client waits for another to set up a link it could share: about one
+/// handshake.
+const FIRST_CONTACT_WAIT_MS: u32 = 2 * CLC_WAIT_MS;
 /// How long to wait for the peer's answer to a message whose answer timed out: it does come
 /// (each side answers every handshake message before it reads the next), and must be taken
 /// off the stream before the application reads the stream as its data.
@@ -314,9 +321,9 @@ fn client_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
     let _first_contact = match reused {
         Some(_) => None,
         None => {
-            let guard = device.first_contact();
+            let turn = device.first_contact(FIRST_CONTACT_WAIT_MS);
             reused = reuse();
-            reused.is_none().then_some(guard)
+            turn.filter(|_| reused.is_none())
         }
     };
     let (mut link, mut offer) = match reused {
@@ -384,49 +391,94 @@ fn client_confirm(
     Outcome::Rdma(conn.clone())
 }
 
-/// Runs the server side on a freshly accepted TCP socket.
-pub(crate) fn server(clc: &KernelSocket) -> Outcome {
+/// Runs the server side on a freshly accepted TCP socket; `None` if the connection was reset
+/// (there is nothing to accept).
+pub(crate) fn server(clc: &KernelSocket) -> Option<Outcome> {
     if !clc.syn_smc() {
-        return fallback(DeclineCode::PEERNOSMC);
+        return Some(fallback(DeclineCode::PEERNOSMC));
     }
     let conn = match set_up(clc) {
         Ok(conn) => conn,
         Err(code) => {
             // Read the proposal first, so that the decline answers it.
-            return match recv(clc) {
+            return Some(match recv(clc) {
                 Ok(Message::Proposal(_)) => decline(clc, code),
                 got => unexpected(clc, got),
-            };
+            });
         }
     };
     let outcome = server_exchange(clc, &conn);
-    if !matches!(outcome, Outcome::Rdma(_)) {
+    if matches!(outcome, Some(Outcome::Fallback { .. })) {
         conn.abandon();
     }
     outcome
 }
 
-fn server_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
+fn server_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Option<Outcome> {
+    let (proposal, link, offer) = match take_proposal(clc, conn) {
+        Ok(taken) => taken,
+        Err(outcome) => return Some(outcome),
+    };
+    let token = link.new_token();
+    let ready = conn
+        .set_peer(&peer_ring(&proposal, token))
+        .and_then(|()| conn.register_ring());
+    if ready.is_err() {
+        return Some(decline(clc, DeclineCode::CNFERR));
+    }
+    let Ok(accept) = endpoint(conn, &link, offer, token) else {
+        return Some(decline(clc, DeclineCode::CNFERR));
+    };
+    if send(clc, &Message::Accept(accept)).is_err() {
+        return Some(fallback(DeclineCode::SYNCERR));
+    }
+    match recv(clc) {
+        Ok(Message::Confirm(confirm))
+            if confirm.token == token
+                && confirm.qpn == proposal.qpn
+                && confirm.rkey == proposal.rkey =>
+        {
+            Some(Outcome::Rdma(conn.clone()))
+        }
+        // The client did not take the accept: both stay on TCP.
+        got @ Ok(Message::Decline(_)) => Some(unexpected(clc, got)),
+        // The client may have taken the accept and be writing to our ring already: neither
+        // side can stay on TCP. The connection aborts (its ring stays until the client lets
+        // go), and the reset fails the client's connection if it did take it.
+        _ => {
+            conn.close(true);
+            clc.abort(ECONNRESET);
+            None
+        }
+    }
+}
+
+/// Takes the client's proposal and puts `conn` on the link it asks for; on failure, how the
+/// handshake ends.
+fn take_proposal(
+    clc: &KernelSocket,
+    conn: &Arc<Connection>,
+) -> core::result::Result<(Endpoint, Arc<Link>, Offer), Outcome> {
     // A client whose link offer we cannot take proposes once more, with a new link.
     let mut offers_left = 2;
-    let (proposal, link, offer) = loop {
+    loop {
         let proposal = match recv(clc) {
             Ok(Message::Proposal(proposal)) => proposal,
-            got => return unexpected(clc, got),
+            got => return Err(unexpected(clc, got)),
         };
         offers_left -= 1;
         if proposal.link_id == 0 {
             let link = match join_new_link(conn) {
                 Ok(link) => link,
-                Err(err) => return decline(clc, setup_code(err)),
+                Err(err) => return Err(decline(clc, setup_code(err))),
             };
             if link.connect(&remote_qp(&proposal), proposal.mtu).is_err() {
-                return decline(clc, DeclineCode::CNFERR);
+                return Err(decline(clc, DeclineCode::CNFERR));
             }
-            break (proposal, link, Offer::New);
+            return Ok((proposal, link, Offer::New));
         }
         let Ok((device, _)) = conn.device() else {
-            return decline(clc, DeclineCode::CNFERR);
+            return Err(decline(clc, DeclineCode::CNFERR));
         };
         let wanted = |peer: &PeerEnd| {
             peer.gid == proposal.gid && peer.qpn == proposal.qpn && peer.psn == proposal.psn
@@ -435,7 +487,7 @@ fn server_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
             .find_link(wanted)
             .and_then(|link| conn.join(link.clone()).ok().map(|()| link));
         match found {
-            Some(link) => break (proposal, link, Offer::Reused),
+            Some(link) => return Ok((proposal, link, Offer::Reused)),
             None if offers_left > 0 => {
                 if send(
                     clc,
@@ -446,33 +498,10 @@ fn server_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
                 )
                 .is_err()
                 {
-                    return fallback(DeclineCode::SYNCERR);
+                    return Err(fallback(DeclineCode::SYNCERR));
                 }
             }
-            None => return decline(clc, DeclineCode::SYNCERR),
+            None => return Err(decline(clc, DeclineCode::SYNCERR)),
         }
-    };
-    let token = link.new_token();
-    let ready = conn
-        .set_peer(&peer_ring(&proposal, token))
-        .and_then(|()| conn.register_ring());
-    if ready.is_err() {
-        return decline(clc, DeclineCode::CNFERR);
-    }
-    let Ok(accept) = endpoint(conn, &link, offer, token) else {
-        return decline(clc, DeclineCode::CNFERR);
-    };
-    if send(clc, &Message::Accept(accept)).is_err() {
-        return fallback(DeclineCode::SYNCERR);
-    }
-    match recv(clc) {
-        Ok(Message::Confirm(confirm))
-            if confirm.token == token
-                && confirm.qpn == proposal.qpn
-                && confirm.rkey == proposal.rkey =>
-        {
-            Outcome::Rdma(conn.clone())
-        }
-        got => unexpected(clc, got),
     }
 }

@@ -45,19 +45,20 @@ use kernel::{
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
-        new_spinlock, new_spinlock_irq, Arc, ArcBorrow, Mutex, SetOnce, SpinLock, SpinLockIrq,
+        new_condvar, new_spinlock, new_spinlock_irq, Arc, ArcBorrow, CondVar,
+        CondVarTimeoutResult, Mutex, SetOnce, SpinLock, SpinLockIrq,
     },
-    time::{delay::fsleep, Delta, Instant, Monotonic},
+    time::{delay::fsleep, msecs_to_jiffies, Delta, Instant, Monotonic},
     workqueue::{self, impl_has_work, new_work, Work, WorkItem},
 };
 
 /// Send credits one send step needs: two RDMA WRITEs (the bytes may wrap around the end of
 /// the ring) and the SEND of the cursor message.
 pub(crate) const WRS_PER_SEND: u32 = 3;
-/// How long the registration of the receive ring may take.
-const REGISTER_TIMEOUT: Delta = Delta::from_secs(5);
-/// How long closing waits for the last cursor message to leave.
-const CLOSE_TIMEOUT: Delta = Delta::from_secs(3);
+/// How long the registration of the receive ring may take, in milliseconds.
+const REGISTER_TIMEOUT_MS: u32 = 5000;
+/// How long closing waits for the last cursor message to leave, in milliseconds.
+const CLOSE_TIMEOUT_MS: u32 = 3000;
 
 /// `MSG_DONTWAIT`.
 const MSG_DONTWAIT: i32 = 0x40;
@@ -135,6 +136,10 @@ struct Resources {
 pub(crate) struct Connection {
     #[pin]
     state: SpinLockIrq<State>,
+    /// Notified when work requests finish or the connection fails, for the handshake and
+    /// close paths that wait for that.
+    #[pin]
+    state_changed: CondVar,
     /// The link, once joined; taken on release.
     #[pin]
     link: SpinLockIrq<Option<Arc<Link>>>,
@@ -196,6 +201,7 @@ impl Connection {
                     closing: false,
                     released: false,
                 }),
+                state_changed <- new_condvar!("Connection::state_changed"),
                 link <- new_spinlock_irq!(None),
                 token: Atomic::new(0),
                 resources <- new_spinlock_irq!(Some(Resources {
@@ -308,11 +314,12 @@ impl Connection {
         let link = self.link()?;
         let rx_ring = self.rx_ring()?;
         let start = Instant::<Monotonic>::now();
+        // A fresh link has all its credits: this waits only behind a busy one.
         while !link.take_credits(1) {
-            if start.elapsed() > REGISTER_TIMEOUT {
+            if start.elapsed() > Delta::from_millis(REGISTER_TIMEOUT_MS.into()) {
                 return Err(ETIMEDOUT);
             }
-            fsleep(Delta::from_micros(100));
+            fsleep(Delta::from_millis(1));
         }
         self.state.lock().inflight += 1;
         if let Err(err) = link.post_registration(self.token(), &rx_ring) {
@@ -320,21 +327,31 @@ impl Connection {
             link.return_credits(1);
             return Err(err);
         }
-        loop {
-            {
-                let state = self.state.lock();
-                if let Some(err) = state.error {
-                    return Err(err);
-                }
-                if state.registered {
-                    return Ok(());
-                }
-            }
-            if start.elapsed() > REGISTER_TIMEOUT {
-                return Err(ETIMEDOUT);
-            }
-            fsleep(Delta::from_micros(100));
+        self.wait_for_state(REGISTER_TIMEOUT_MS, |state| {
+            state.registered || state.error.is_some()
+        });
+        let state = self.state.lock();
+        match state.error {
+            Some(err) => Err(err),
+            None if state.registered => Ok(()),
+            None => Err(ETIMEDOUT),
         }
+    }
+
+    /// Waits up to `wait_ms` milliseconds until `done` holds for the state; false if it does
+    /// not: the time ran out, or a signal is pending (a dying task's close must not wait).
+    fn wait_for_state(&self, wait_ms: u32, done: impl Fn(&State) -> bool) -> bool {
+        let mut state = self.state.lock();
+        let mut left = msecs_to_jiffies(wait_ms);
+        while !done(&state) {
+            match self.state_changed.wait_interruptible_timeout(&mut state, left) {
+                CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Signal { .. } => {
+                    return done(&state)
+                }
+            }
+        }
+        true
     }
 
     /// Makes `sk` the socket this connection wakes.
@@ -421,6 +438,7 @@ impl Connection {
             }
             state.error = Some(err);
         }
+        self.state_changed.notify_all();
         if let Some(sk) = self.sk.as_ref() {
             sk.set_error(err);
             sk.state_change();
@@ -451,6 +469,7 @@ impl Connection {
                 state.registered = ok;
             }
         }
+        self.state_changed.notify_all();
         if !ok {
             self.fail(ECONNRESET);
         }
@@ -464,6 +483,7 @@ impl Connection {
             state.link_dead = true;
             state.closing && !state.released
         };
+        self.state_changed.notify_all();
         if release {
             self.schedule_release();
         }
@@ -841,16 +861,23 @@ impl Connection {
             return;
         };
         if self.send_cdc(&link, false).is_ok() {
-            let start = Instant::<Monotonic>::now();
-            while self.state.lock().inflight > 0 && start.elapsed() < CLOSE_TIMEOUT {
-                fsleep(Delta::from_micros(100));
-            }
+            self.wait_for_state(CLOSE_TIMEOUT_MS, |state| state.inflight == 0);
         }
     }
 
-    /// Releases a connection whose handshake failed: the peer never wrote to it.
+    /// Releases a connection whose handshake failed: the peer never wrote to it. If it got
+    /// as far as a token, the peer may hold its end: an abort tells it to let go.
     pub(crate) fn abandon(&self) {
-        self.state.lock().closing = true;
+        let tell_peer = {
+            let mut state = self.state.lock();
+            let tell_peer = self.token() != 0 && !state.link_dead && !state.closing;
+            state.conn.abort();
+            state.closing = true;
+            tell_peer
+        };
+        if tell_peer {
+            self.send_last_cdc();
+        }
         self.release();
     }
 
@@ -874,11 +901,7 @@ impl Connection {
     /// Gives the link back this connection's buffers, if no work request of it is in flight
     /// (else the queue pair keeps them until it goes).
     fn detach_from(&self, link: &Link) {
-        let start = Instant::<Monotonic>::now();
-        while self.state.lock().inflight > 0 && start.elapsed() < CLOSE_TIMEOUT {
-            fsleep(Delta::from_micros(100));
-        }
-        if self.state.lock().inflight > 0 {
+        if !self.wait_for_state(CLOSE_TIMEOUT_MS, |state| state.inflight == 0) {
             return;
         }
         let resources = self.resources.lock();

@@ -17,10 +17,23 @@ use crate::{
 };
 use core::fmt;
 use kernel::{
-    new_mutex,
+    new_condvar, new_mutex,
     prelude::*,
-    sync::{aref::ARef, Arc, Mutex},
+    sync::{aref::ARef, Arc, CondVar, CondVarTimeoutResult, Mutex},
+    time::msecs_to_jiffies,
 };
+
+/// A client's turn to set up a new link on a device; the next waiter's when dropped.
+pub(crate) struct FirstContact<'a> {
+    device: &'a Device,
+}
+
+impl Drop for FirstContact<'_> {
+    fn drop(&mut self) {
+        *self.device.first_contact.lock() = false;
+        self.device.first_contact_done.notify_all();
+    }
+}
 
 /// One RDMA device: its protection domain, and its completion queue drained by its NAPI.
 ///
@@ -48,10 +61,12 @@ pub(crate) struct Device {
     netdev_len: usize,
     #[pin]
     links: Mutex<Links>,
-    /// Held by a client while it sets up a new link, so that concurrent connections to the
-    /// same peer wait and share it (stock SMC's smc_client_lgr_pending).
+    /// Set while a client sets up a new link, so that concurrent connections to the same
+    /// peer wait and share it (stock SMC's smc_client_lgr_pending).
     #[pin]
-    first_contact: Mutex<()>,
+    first_contact: Mutex<bool>,
+    #[pin]
+    first_contact_done: CondVar,
     napi: Napi<Poller>,
     pd: Arc<Pd>,
     dev: ARef<RegisteredDevice>,
@@ -81,7 +96,8 @@ impl Device {
                     removed: false,
                     list: KVec::new(),
                 }),
-                first_contact <- new_mutex!(()),
+                first_contact <- new_mutex!(false),
+                first_contact_done <- new_condvar!("Device::first_contact_done"),
                 napi,
                 pd,
                 dev,
@@ -110,9 +126,23 @@ impl Device {
         self.links.lock().list.len()
     }
 
-    /// Serialises the setup of new links by clients (see `first_contact`).
-    pub(crate) fn first_contact(&self) -> kernel::sync::MutexGuard<'_, ()> {
-        self.first_contact.lock()
+    /// Takes the turn to set up a new link (see `first_contact`), waiting up to `wait_ms`
+    /// milliseconds for the client that has it. `None` if the wait ran out or a signal came:
+    /// the caller goes on without the turn, as one stuck handshake must not hold up every
+    /// connect behind it.
+    pub(crate) fn first_contact(&self, wait_ms: u32) -> Option<FirstContact<'_>> {
+        let mut busy = self.first_contact.lock();
+        let mut left = msecs_to_jiffies(wait_ms);
+        while *busy {
+            match self.first_contact_done.wait_interruptible_timeout(&mut busy, left) {
+                CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Signal { .. } => {
+                    return None
+                }
+            }
+        }
+        *busy = true;
+        Some(FirstContact { device: self })
     }
 
     /// Takes `link` off the device's list.

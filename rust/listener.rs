@@ -180,8 +180,13 @@ impl WorkItem for Handshake {
 
     fn run(this: Arc<Handshake>) {
         let state = this.state.lock().take();
-        if let Some(state) = state {
-            state.settle(clc::server(state.clc()));
+        let Some(state) = state else {
+            return;
+        };
+        // A connection reset during its handshake is dropped, as TCP drops one reset before
+        // `accept`.
+        if let Some(outcome) = clc::server(state.clc()) {
+            state.settle(outcome);
             this.listener.handshaken(state);
         }
     }

@@ -13,8 +13,10 @@ done
 # In the Makefile's order: module_lifecycle, which unloads and reloads rsmc, comes last.
 for test in $(make -s print-tests); do
 	echo "### kselftest $test"
+	started=$SECONDS
 	timeout "${RSMC_TEST_TIMEOUT:-600}" "$out/$test"
 	echo "### exit $test $?"
+	echo "time: $test took $((SECONDS - started)) s"
 	# On the debug kernel, attribute leaks to the program after which they appear.
 	if [ -e /sys/kernel/debug/kmemleak ]; then
 		echo scan >/sys/kernel/debug/kmemleak
