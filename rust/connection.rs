@@ -45,8 +45,8 @@ use kernel::{
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
-        new_condvar, new_spinlock, new_spinlock_irq, Arc, ArcBorrow, CondVar,
-        CondVarTimeoutResult, Mutex, SetOnce, SpinLock, SpinLockIrq,
+        new_condvar, new_spinlock, new_spinlock_irq, Arc, ArcBorrow, CondVar, CondVarTimeoutResult,
+        Mutex, SetOnce, SpinLock, SpinLockIrq,
     },
     time::{delay::fsleep, msecs_to_jiffies, Delta, Instant, Monotonic},
     workqueue::{self, impl_has_work, new_work, Work, WorkItem},
@@ -344,7 +344,10 @@ impl Connection {
         let mut state = self.state.lock();
         let mut left = msecs_to_jiffies(wait_ms);
         while !done(&state) {
-            match self.state_changed.wait_interruptible_timeout(&mut state, left) {
+            match self
+                .state_changed
+                .wait_interruptible_timeout(&mut state, left)
+            {
                 CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
                 CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Signal { .. } => {
                     return done(&state)

@@ -134,11 +134,12 @@ impl Device {
         let mut busy = self.first_contact.lock();
         let mut left = msecs_to_jiffies(wait_ms);
         while *busy {
-            match self.first_contact_done.wait_interruptible_timeout(&mut busy, left) {
+            match self
+                .first_contact_done
+                .wait_interruptible_timeout(&mut busy, left)
+            {
                 CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
-                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Signal { .. } => {
-                    return None
-                }
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Signal { .. } => return None,
             }
         }
         *busy = true;
