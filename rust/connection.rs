@@ -358,7 +358,14 @@ impl Connection {
     }
 
     /// Makes `sk` the socket this connection wakes.
+    ///
+    /// The socket gets the id of the NAPI that reaps the connection's completions before the
+    /// application can see the connection, so that its busy polling (recvmsg, epoll, poll,
+    /// io_uring) spins on that NAPI.
     pub(crate) fn set_socket(&self, sk: ARef<Sock>) {
+        if let Ok((device, _)) = self.device() {
+            sk.set_napi_id(device.napi_id());
+        }
         self.sk.populate(sk);
     }
 
@@ -547,12 +554,20 @@ impl Connection {
         let _tx = self.tx_lock.lock();
         let flags = msg.flags();
         let mut timeo = sk.sndtimeo(flags & MSG_DONTWAIT != 0);
+        let mut busy_polled = false;
         let mut sent = 0usize;
         while sent < len {
             let want = u32::try_from(len - sent).unwrap_or(u32::MAX);
             let room = match self.send_room(want) {
                 Ok(Some(room)) => room,
                 Ok(None) => {
+                    // As TCP's sk_stream_wait_memory: spin for the peer's consumer update
+                    // first, once per call, if busy polling is on.
+                    if !busy_polled {
+                        busy_polled = true;
+                        sk.busy_loop(timeo == 0, &|| self.send_ready());
+                        continue;
+                    }
                     let waited = sk.wait_until(&mut timeo, || self.send_ready());
                     match waited {
                         Ok(()) => continue,
@@ -690,6 +705,7 @@ impl Connection {
             len.min(1)
         };
         let mut timeo: c_long = sk.rcvtimeo(flags & MSG_DONTWAIT != 0);
+        let mut busy_polled = false;
         let mut copied = 0usize;
         while copied < len {
             let want = u32::try_from(len - copied).unwrap_or(u32::MAX);
@@ -716,13 +732,15 @@ impl Connection {
                 if copied >= target {
                     break;
                 }
-                let waited = sk.wait_until(&mut timeo, || {
-                    let state = self.state.lock();
-                    state.conn.readable() > 0
-                        || state.error.is_some()
-                        || state.conn.at_eof()
-                        || state.rd_shut
-                });
+                // As tcp_recvmsg: with busy polling on, spin on the NAPI first, once per
+                // call (one pass if nonblocking); the stock end check looks at
+                // `sk_receive_queue`, which rsmc does not use, hence our own.
+                if !busy_polled {
+                    busy_polled = true;
+                    sk.busy_loop(timeo == 0, &|| self.recv_ready());
+                    continue;
+                }
+                let waited = sk.wait_until(&mut timeo, || self.recv_ready());
                 match waited {
                     Ok(()) => continue,
                     Err(err) if copied == 0 => return Err(err),
@@ -751,6 +769,12 @@ impl Connection {
             }
         }
         Ok(copied)
+    }
+
+    /// Whether a reader waiting for data may go on: data, an error, or an end to reading.
+    fn recv_ready(&self) -> bool {
+        let state = self.state.lock();
+        state.conn.readable() > 0 || state.error.is_some() || state.conn.at_eof() || state.rd_shut
     }
 
     fn copy_out(&self, msg: &mut MsgHdr, segments: Segments) -> Result<u32> {

@@ -19,7 +19,11 @@ use core::fmt;
 use kernel::{
     new_condvar, new_mutex,
     prelude::*,
-    sync::{aref::ARef, Arc, CondVar, CondVarTimeoutResult, Mutex},
+    sync::{
+        aref::ARef,
+        atomic::{Atomic, Relaxed},
+        Arc, CondVar, CondVarTimeoutResult, Mutex,
+    },
     time::msecs_to_jiffies,
 };
 
@@ -81,6 +85,10 @@ impl Device {
         let dev = ibdev.try_get().ok_or(ENODEV)?;
         let pd = Pd::new(&dev)?;
         let napi = Napi::new(|handle| Poller::new(&dev, handle))?;
+        napi.set_defer(
+            NAPI_DEFER_HARD_IRQS.load(Relaxed),
+            NAPI_GRO_FLUSH_TIMEOUT_NS.load(Relaxed),
+        );
         // Armed once here; from then on each poll that leaves the NAPI idle re-arms it.
         if napi.poller().arm()? {
             napi.schedule();
@@ -124,6 +132,12 @@ impl Device {
     /// How many links the device has.
     pub(crate) fn links(&self) -> usize {
         self.links.lock().list.len()
+    }
+
+    /// The id of the NAPI instance that reaps this device's completions: sockets with
+    /// connections on the device carry it, so that busy polling spins on this NAPI.
+    pub(crate) fn napi_id(&self) -> u32 {
+        self.napi.id()
     }
 
     /// Takes the turn to set up a new link (see `first_contact`), waiting up to `wait_ms`
@@ -232,6 +246,28 @@ fn ascii_name(name: &[u8]) -> &str {
     core::str::from_utf8(name).unwrap_or("?")
 }
 
+/// Interrupt deferral of every device's NAPI (see [`Napi::set_defer`]); off by default.
+static NAPI_DEFER_HARD_IRQS: Atomic<u32> = Atomic::new(0);
+static NAPI_GRO_FLUSH_TIMEOUT_NS: Atomic<u64> = Atomic::new(0);
+
+/// Sets the interrupt deferral of every device's NAPI, present and future.
+pub(crate) fn set_napi_defer(defer_hard_irqs: u32, gro_flush_timeout_ns: u64) {
+    let devices = DEVICES.lock();
+    NAPI_DEFER_HARD_IRQS.store(defer_hard_irqs, Relaxed);
+    NAPI_GRO_FLUSH_TIMEOUT_NS.store(gro_flush_timeout_ns, Relaxed);
+    for device in devices.iter() {
+        device.napi.set_defer(defer_hard_irqs, gro_flush_timeout_ns);
+    }
+}
+
+/// The interrupt deferral of the devices' NAPIs: `defer_hard_irqs` and `gro_flush_timeout`.
+pub(crate) fn napi_defer() -> (u32, u64) {
+    (
+        NAPI_DEFER_HARD_IRQS.load(Relaxed),
+        NAPI_GRO_FLUSH_TIMEOUT_NS.load(Relaxed),
+    )
+}
+
 kernel::sync::global_lock! {
     // SAFETY: Initialised in `register` before the RDMA client that uses it is registered.
     unsafe(uninit) static DEVICES: Mutex<KVec<Arc<Device>>> = KVec::new();
@@ -311,15 +347,18 @@ pub(crate) fn device_for_ip(ip: [u8; 16]) -> Option<(Arc<Device>, RoceGid)> {
 }
 
 /// Writes one line per device: `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n>
-/// completions <n> links <n> connections <n> dropped_cdc <n>`.
+/// completions <n> links <n> connections <n> dropped_cdc <n> softirq_polls <n>
+/// softirq_completions <n> busy_polls <n> busy_completions <n>`.
 pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for device in DEVICES.lock().iter() {
         let poller = device.poller();
         let (links, conns, dropped) = device.link_stats();
+        let (softirq, busy) = (poller.softirq_counts(), poller.busy_counts());
         writeln!(
             f,
             "{} napi_id {} polls {} netdev {} cq_events {} completions {} links {} \
-             connections {} dropped_cdc {}",
+             connections {} dropped_cdc {} softirq_polls {} softirq_completions {} \
+             busy_polls {} busy_completions {}",
             device.name(),
             device.napi.id(),
             poller.polls(),
@@ -328,7 +367,11 @@ pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
             poller.completions(),
             links,
             conns,
-            dropped
+            dropped,
+            softirq.polls(),
+            softirq.completions(),
+            busy.polls(),
+            busy.completions(),
         )?;
     }
     Ok(())

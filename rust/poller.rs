@@ -79,8 +79,9 @@ impl CqHandler for CqEvents {
 pub(crate) struct Poller {
     cq: Arc<Cq>,
     events: Arc<CqEvents>,
-    polls: Atomic<u64>,
-    completions: Atomic<u64>,
+    /// Polls, and the completions they reaped, by softirq and by busy pollers.
+    softirq: PollCounts,
+    busy: PollCounts,
     /// Registered sinks by id (the top bits of their `wr_id`s). Taken in the NAPI poll and in
     /// process context, hence with IRQs (and so bottom halves) off.
     #[pin]
@@ -105,8 +106,8 @@ impl Poller {
             try_pin_init!(Self {
                 cq,
                 events,
-                polls: Atomic::new(0),
-                completions: Atomic::new(0),
+                softirq: PollCounts::new(),
+                busy: PollCounts::new(),
                 sinks <- new_spinlock_irq!(KVec::new()),
             }? Error),
             GFP_KERNEL,
@@ -131,7 +132,17 @@ impl Poller {
 
     /// How many times the NAPI instance has polled (softirq and busy poll).
     pub(crate) fn polls(&self) -> u64 {
-        self.polls.load(Relaxed)
+        self.softirq.polls() + self.busy.polls()
+    }
+
+    /// Polls and completions by softirq.
+    pub(crate) fn softirq_counts(&self) -> &PollCounts {
+        &self.softirq
+    }
+
+    /// Polls and completions by busy pollers.
+    pub(crate) fn busy_counts(&self) -> &PollCounts {
+        &self.busy
     }
 
     /// How many completion events the queue has signalled.
@@ -141,7 +152,7 @@ impl Poller {
 
     /// How many completions the polls have reaped.
     pub(crate) fn completions(&self) -> u64 {
-        self.completions.load(Relaxed)
+        self.softirq.completions() + self.busy.completions()
     }
 
     /// Registers `sink` for the completions of work requests posted with
@@ -168,7 +179,6 @@ impl Poller {
     /// Hands `wc` to the sink its `wr_id` names; without one (it was unregistered while its
     /// work request was outstanding) the completion is dropped.
     fn dispatch(&self, wc: &WorkCompletion) {
-        self.completions.add(1, Relaxed);
         let id = wc.wr_id() >> SINK_SHIFT;
         let sink = self
             .sinks
@@ -185,7 +195,12 @@ impl Poller {
 
 impl NapiPoll for Poller {
     fn poll(&self, napi: &mut NapiContext, budget: i32) -> i32 {
-        self.polls.add(1, Relaxed);
+        let counts = if napi.in_busy_poll() {
+            &self.busy
+        } else {
+            &self.softirq
+        };
+        counts.polls.add(1, Relaxed);
         let budget_wcs = usize::try_from(budget).unwrap_or(0);
         let mut wcs = [WorkCompletion::EMPTY; POLL_BATCH];
         let mut done = 0;
@@ -200,7 +215,9 @@ impl NapiPoll for Poller {
                 break;
             }
         }
-        // `done <= budget`, an `i32`.
+        // CAST: `done <= budget`, a `usize` from an `i32`.
+        counts.completions.add(done as u64, Relaxed);
+        // CAST: As above.
         let done = done as i32;
         // With budget left the queue is empty. Re-arm it only if the NAPI is idle now: while
         // a busy poller owns it, it polls again without events.
@@ -212,6 +229,29 @@ impl NapiPoll for Poller {
             }
         }
         done
+    }
+}
+
+/// How often one kind of caller (softirq or busy poller) polled, and what it reaped.
+pub(crate) struct PollCounts {
+    polls: Atomic<u64>,
+    completions: Atomic<u64>,
+}
+
+impl PollCounts {
+    const fn new() -> Self {
+        Self {
+            polls: Atomic::new(0),
+            completions: Atomic::new(0),
+        }
+    }
+
+    pub(crate) fn polls(&self) -> u64 {
+        self.polls.load(Relaxed)
+    }
+
+    pub(crate) fn completions(&self) -> u64 {
+        self.completions.load(Relaxed)
     }
 }
 

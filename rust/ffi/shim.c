@@ -378,3 +378,39 @@ int rsmc_sk_state(const struct sock *sk)
 {
 	return READ_ONCE(sk->sk_state);
 }
+
+void rsmc_sk_set_napi_id(struct sock *sk, unsigned int napi_id)
+{
+	WRITE_ONCE(sk->sk_napi_id, napi_id);
+}
+
+bool rsmc_sk_can_busy_loop(const struct sock *sk)
+{
+	return sk_can_busy_loop(sk);
+}
+
+bool rsmc_sk_busy_loop_timeout(struct sock *sk, unsigned long start_time)
+{
+	return sk_busy_loop_timeout(sk, start_time);
+}
+
+void rsmc_sk_busy_loop(struct sock *sk, bool (*loop_end)(void *, unsigned long), void *arg)
+{
+	unsigned int napi_id = READ_ONCE(sk->sk_napi_id);
+
+	if (napi_id_valid(napi_id))
+		napi_busy_loop(napi_id, loop_end, arg, READ_ONCE(sk->sk_prefer_busy_poll),
+			       READ_ONCE(sk->sk_busy_poll_budget) ?: BUSY_POLL_BUDGET);
+}
+
+bool rsmc_napi_in_busy_poll(const struct napi_struct *napi)
+{
+	return test_bit(NAPI_STATE_IN_BUSY_POLL, &napi->state);
+}
+
+void rsmc_napi_set_defer(struct napi_struct *napi, u32 defer_hard_irqs,
+			 unsigned long gro_flush_timeout)
+{
+	WRITE_ONCE(napi->defer_hard_irqs, defer_hard_irqs);
+	WRITE_ONCE(napi->gro_flush_timeout, gro_flush_timeout);
+}

@@ -105,4 +105,12 @@ int rsmc_sk_state(const struct sock *sk);
 int rsmc_sock_error(struct sock *sk);
 bool rsmc_sk_linger_zero(const struct sock *sk);
 
+void rsmc_sk_set_napi_id(struct sock *sk, unsigned int napi_id);
+bool rsmc_sk_can_busy_loop(const struct sock *sk);
+bool rsmc_sk_busy_loop_timeout(struct sock *sk, unsigned long start_time);
+void rsmc_sk_busy_loop(struct sock *sk, bool (*loop_end)(void *, unsigned long), void *arg);
+bool rsmc_napi_in_busy_poll(const struct napi_struct *napi);
+void rsmc_napi_set_defer(struct napi_struct *napi, u32 defer_hard_irqs,
+			 unsigned long gro_flush_timeout);
+
 #endif /* RSMC_SHIM_H */

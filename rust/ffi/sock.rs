@@ -226,6 +226,33 @@ impl Sock {
         Error::from_errno(unsafe { sys::sk_stream_error(self.as_raw(), msg_flags, err.to_errno()) })
     }
 
+    /// Makes busy polling on this socket spin on the NAPI instance `napi_id`
+    /// (`SO_INCOMING_NAPI_ID` reports it, epoll records it at each wakeup).
+    pub(crate) fn set_napi_id(&self, napi_id: u32) {
+        // SAFETY: `sk` is valid; `sk_napi_id` is read racily by design (READ_ONCE).
+        unsafe { sys::rsmc_sk_set_napi_id(self.as_raw(), napi_id) };
+    }
+
+    /// Busy-polls the socket's NAPI if busy polling is on for it (`SO_BUSY_POLL`,
+    /// `net.core.busy_read`), until `done` returns true, the socket's busy-poll time runs out
+    /// or a signal is pending; one poll if `nonblock`. `done` runs with preemption off: it
+    /// must not sleep.
+    pub(crate) fn busy_loop(&self, nonblock: bool, done: &dyn Fn() -> bool) {
+        // SAFETY: `sk` is valid.
+        if !unsafe { sys::rsmc_sk_can_busy_loop(self.as_raw()) } {
+            return;
+        }
+        let end = BusyLoopEnd { sk: self, done };
+        let (loop_end, arg): (BusyLoopEndFn, *mut c_void) = if nonblock {
+            (None, core::ptr::null_mut())
+        } else {
+            (Some(busy_loop_end), (&raw const end).cast_mut().cast())
+        };
+        // SAFETY: `sk` is valid. `napi_busy_loop` calls `loop_end` with `arg` only during
+        // this call, while `end` lives; a null `loop_end` makes it poll once.
+        unsafe { sys::rsmc_sk_busy_loop(self.as_raw(), loop_end, arg) };
+    }
+
     /// Sleeps on the socket's wait queue until `done` returns true, for at most `*timeo`
     /// jiffies (`MAX_SCHEDULE_TIMEOUT`: no limit), leaving the time left in `*timeo`.
     ///
@@ -265,6 +292,29 @@ impl Sock {
         unsafe { sys::remove_wait_queue(head, wait.get()) };
         result
     }
+}
+
+/// What ends a [`Sock::busy_loop`].
+struct BusyLoopEnd<'a> {
+    sk: &'a Sock,
+    done: &'a dyn Fn() -> bool,
+}
+
+type BusyLoopEndFn = Option<unsafe extern "C" fn(*mut c_void, c_ulong) -> bool>;
+
+/// `napi_busy_loop`'s end check for [`Sock::busy_loop`]: as `sk_busy_loop_end`, with the
+/// caller's condition instead of a non-empty receive queue, and a pending signal.
+///
+/// # Safety
+///
+/// `arg` points to a live [`BusyLoopEnd`].
+unsafe extern "C" fn busy_loop_end(arg: *mut c_void, start_time: c_ulong) -> bool {
+    // SAFETY: The caller guarantees `arg` points to a live `BusyLoopEnd`.
+    let end = unsafe { &*arg.cast::<BusyLoopEnd<'_>>() };
+    (end.done)()
+        || kernel::current!().signal_pending()
+        // SAFETY: The socket is valid while it busy-polls.
+        || unsafe { sys::rsmc_sk_busy_loop_timeout(end.sk.as_raw(), start_time) }
 }
 
 /// Makes TCP put the SMC experimental option into the SYNs of sockets that ask for it
