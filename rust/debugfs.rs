@@ -17,8 +17,9 @@ pub(crate) struct Debugfs {
 
 impl Debugfs {
     /// Creates `rsmc/devices` (one line per RDMA device: name, NAPI id, counters, netdev) and
-    /// `rsmc/napi_defer` (`<defer_hard_irqs> <gro_flush_timeout in ns>` of every device's
-    /// NAPI, as a netdev's sysfs files of those names).
+    /// `rsmc/napi_defer` (one line per device: `<name> <defer_hard_irqs> <gro_flush_timeout
+    /// in ns>` of its NAPI, as a netdev's sysfs files of those names; writing such a line
+    /// sets them).
     pub(crate) fn new() -> impl PinInit<Self, Error> {
         let dir = debugfs::Dir::new(c"rsmc");
         try_pin_init!(Self {
@@ -28,10 +29,7 @@ impl Debugfs {
             napi_defer <- dir.read_write_callback_file(
                 c"napi_defer",
                 (),
-                &|(): &(), f| {
-                    let (defer_hard_irqs, gro_flush_timeout) = crate::ib::napi_defer();
-                    writeln!(f, "{defer_hard_irqs} {gro_flush_timeout}")
-                },
+                &|(): &(), f| crate::ib::show_napi_defer(f),
                 &|(): &(), reader| write_napi_defer(reader),
             ),
             dir,
@@ -39,19 +37,19 @@ impl Debugfs {
     }
 }
 
-/// Parses `<defer_hard_irqs> <gro_flush_timeout>` and applies it.
+/// Parses `<device> <defer_hard_irqs> <gro_flush_timeout>` and applies it.
 fn write_napi_defer(reader: &mut UserSliceReader) -> Result {
-    let mut buf = [0u8; 48];
+    let mut buf = [0u8; 96];
     let len = reader.len();
     let text = buf.get_mut(..len).ok_or(EINVAL)?;
     reader.read_slice(text)?;
     let text = core::str::from_utf8(text).map_err(|_| EINVAL)?;
     let mut fields = text.split_ascii_whitespace();
+    let device = fields.next().ok_or(EINVAL)?;
     let defer_hard_irqs = fields.next().ok_or(EINVAL)?.parse().map_err(|_| EINVAL)?;
     let gro_flush_timeout = fields.next().ok_or(EINVAL)?.parse().map_err(|_| EINVAL)?;
     if fields.next().is_some() {
         return Err(EINVAL);
     }
-    crate::ib::set_napi_defer(defer_hard_irqs, gro_flush_timeout);
-    Ok(())
+    crate::ib::set_napi_defer(device, defer_hard_irqs, gro_flush_timeout)
 }

@@ -72,6 +72,9 @@ pub(crate) struct Device {
     #[pin]
     first_contact_done: CondVar,
     napi: Napi<Poller>,
+    /// The NAPI's interrupt deferral, as last set (off until then).
+    napi_defer_hard_irqs: Atomic<u32>,
+    napi_gro_flush_timeout_ns: Atomic<u64>,
     pd: Arc<Pd>,
     dev: ARef<RegisteredDevice>,
 }
@@ -85,10 +88,6 @@ impl Device {
         let dev = ibdev.try_get().ok_or(ENODEV)?;
         let pd = Pd::new(&dev)?;
         let napi = Napi::new(|handle| Poller::new(&dev, handle))?;
-        napi.set_defer(
-            NAPI_DEFER_HARD_IRQS.load(Relaxed),
-            NAPI_GRO_FLUSH_TIMEOUT_NS.load(Relaxed),
-        );
         // Armed once here; from then on each poll that leaves the NAPI idle re-arms it.
         if napi.poller().arm()? {
             napi.schedule();
@@ -107,6 +106,8 @@ impl Device {
                 first_contact <- new_mutex!(false),
                 first_contact_done <- new_condvar!("Device::first_contact_done"),
                 napi,
+                napi_defer_hard_irqs: Atomic::new(0),
+                napi_gro_flush_timeout_ns: Atomic::new(0),
                 pd,
                 dev,
             }? Error),
@@ -246,26 +247,39 @@ fn ascii_name(name: &[u8]) -> &str {
     core::str::from_utf8(name).unwrap_or("?")
 }
 
-/// Interrupt deferral of every device's NAPI (see [`Napi::set_defer`]); off by default.
-static NAPI_DEFER_HARD_IRQS: Atomic<u32> = Atomic::new(0);
-static NAPI_GRO_FLUSH_TIMEOUT_NS: Atomic<u64> = Atomic::new(0);
-
-/// Sets the interrupt deferral of every device's NAPI, present and future.
-pub(crate) fn set_napi_defer(defer_hard_irqs: u32, gro_flush_timeout_ns: u64) {
-    let devices = DEVICES.lock();
-    NAPI_DEFER_HARD_IRQS.store(defer_hard_irqs, Relaxed);
-    NAPI_GRO_FLUSH_TIMEOUT_NS.store(gro_flush_timeout_ns, Relaxed);
-    for device in devices.iter() {
-        device.napi.set_defer(defer_hard_irqs, gro_flush_timeout_ns);
-    }
+/// Sets the interrupt deferral of the NAPI of the device named `name` (see
+/// [`Napi::set_defer`]); `ENODEV` if there is no such device.
+pub(crate) fn set_napi_defer(
+    name: &str,
+    defer_hard_irqs: u32,
+    gro_flush_timeout_ns: u64,
+) -> Result {
+    let device = DEVICES
+        .lock()
+        .iter()
+        .find(|device| device.name() == name)
+        .cloned()
+        .ok_or(ENODEV)?;
+    device.napi_defer_hard_irqs.store(defer_hard_irqs, Relaxed);
+    device
+        .napi_gro_flush_timeout_ns
+        .store(gro_flush_timeout_ns, Relaxed);
+    device.napi.set_defer(defer_hard_irqs, gro_flush_timeout_ns);
+    Ok(())
 }
 
-/// The interrupt deferral of the devices' NAPIs: `defer_hard_irqs` and `gro_flush_timeout`.
-pub(crate) fn napi_defer() -> (u32, u64) {
-    (
-        NAPI_DEFER_HARD_IRQS.load(Relaxed),
-        NAPI_GRO_FLUSH_TIMEOUT_NS.load(Relaxed),
-    )
+/// Writes one line per device: `<name> <defer_hard_irqs> <gro_flush_timeout in ns>`.
+pub(crate) fn show_napi_defer(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    for device in DEVICES.lock().iter() {
+        writeln!(
+            f,
+            "{} {} {}",
+            device.name(),
+            device.napi_defer_hard_irqs.load(Relaxed),
+            device.napi_gro_flush_timeout_ns.load(Relaxed)
+        )?;
+    }
+    Ok(())
 }
 
 kernel::sync::global_lock! {
