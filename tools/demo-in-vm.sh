@@ -8,7 +8,8 @@ cd "$(dirname "$0")"
 pp=$PWD/out/pingpong
 iters=${RSMC_DEMO_ITERS:-2000}
 size=${RSMC_DEMO_SIZE:-1}
-busy_usecs=50
+# Spin for up to a round trip: ~50 µs on hardware, several hundred under TCG.
+busy_usecs=${RSMC_DEMO_BUSY_USECS:-1000}
 results=$(mktemp)
 port=7100
 
