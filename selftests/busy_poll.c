@@ -70,8 +70,6 @@ _Static_assert(sizeof(struct epoll_params) == 8, "struct epoll_params");
 
 #define BUSY_POLL_SYSCTL "/proc/sys/net/core/busy_poll"
 
-/* How long a test waits for an event that should come at once (the guest is slow). */
-#define EVENT_WAIT_MS 10000
 /* SO_RCVTIMEO and SO_SNDTIMEO of every socket: a hang fails a call instead of the test. */
 #define GUARD_S 30
 
@@ -101,27 +99,6 @@ static void __attribute__((constructor)) save_busy_poll(void)
 
 /* ---------------------------------------------------------------------------------------- */
 /* Sockets.                                                                                   */
-
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void msleep(int ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
-
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
-static int set_int(int fd, int level, int opt, int val)
-{
-	return setsockopt(fd, level, opt, &val, sizeof(val));
-}
 
 /* An AF_SMC socket in namespace @ns. Leaves the calling thread in @ns. */
 static int socket_in(struct __test_metadata *_metadata, const char *ns)
@@ -202,41 +179,6 @@ static unsigned int napi_id_of(struct __test_metadata *_metadata, const char *wh
 		TH_LOG("%s: getsockopt(SO_INCOMING_NAPI_ID): %s", who, strerror(errno));
 	EXPECT_EQ(sizeof(id), len) TH_LOG("%s: SO_INCOMING_NAPI_ID length", who);
 	return id;
-}
-
-static ssize_t write_all(int fd, const void *buf, size_t len)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = send(fd, (const char *)buf + done, len - done, MSG_NOSIGNAL);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -1;
-		done += n;
-	}
-	return done;
-}
-
-/* Reads exactly @len bytes, unless EOF (short count) or an error (-1) comes first. */
-static ssize_t read_all(int fd, void *buf, size_t len)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = recv(fd, (char *)buf + done, len - done, 0);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -1;
-		if (n == 0)
-			break;
-		done += n;
-	}
-	return done;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -704,12 +646,6 @@ FIXTURE_TEARDOWN_PARENT(removal)
  * abort can end its spinning in time, not the busy-poll time running out.
  */
 #define SPIN_USECS (GUARD_S * 1000000)
-
-/* ECONNABORTED where the device went (as stock SMC); ECONNRESET or EPIPE as TCP reports. */
-static bool is_abort_errno(int err)
-{
-	return err == ECONNABORTED || err == ECONNRESET || err == EPIPE;
-}
 
 struct spinner {
 	int fd;

@@ -29,8 +29,6 @@
 #define NS_CLIENT "rsmc_a"
 #define NS_SERVER "rsmc_b"
 
-/* How long a test waits for an event that should come at once (the guest is slow). */
-#define EVENT_WAIT_MS 10000
 
 /* The two hosts of the VM, and the loopback of one, in one address family. */
 struct topo {
@@ -132,25 +130,6 @@ static ssize_t pattern_mismatch(const uint8_t *buf, uint64_t seed, uint64_t off,
 	return -1;
 }
 
-static uint32_t xorshift32(uint32_t *state)
-{
-	uint32_t x = *state;
-
-	x ^= x << 13;
-	x ^= x >> 17;
-	x ^= x << 5;
-	return *state = x;
-}
-
-/* A chunk size in [1, max], log-uniform so that small and large sizes both occur often. */
-static size_t random_chunk(uint32_t *state, size_t max)
-{
-	uint32_t bits = 1 + xorshift32(state) % 18;
-	size_t n = 1 + xorshift32(state) % (1u << bits);
-
-	return n < max ? n : max;
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* Sockets and addresses.                                                                    */
 
@@ -175,13 +154,6 @@ static socklen_t make_sockaddr(const struct topo *v, const char *ip, uint16_t po
 			return 0;
 		return sizeof(*sin6);
 	}
-}
-
-static uint16_t sockaddr_port(const struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET)
-		return ntohs(((const struct sockaddr_in *)ss)->sin_port);
-	return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
 }
 
 /* A stream socket in the current namespace: AF_SMC, or plain TCP when !smc. */
@@ -231,33 +203,6 @@ static int connect_to(const struct topo *v, int fd, const char *ip, uint16_t por
 	return connect(fd, (struct sockaddr *)&ss, len);
 }
 
-/* Returns the revents of @fd for @events within @ms (0 on timeout). */
-static int wait_events(struct __test_metadata *_metadata, int fd, int events, int ms)
-{
-	struct epoll_event ev = { .events = events }, out = {};
-	int ep = epoll_create1(EPOLL_CLOEXEC), n;
-
-	ASSERT_LE(0, ep) TH_LOG("epoll_create1: %s", strerror(errno));
-	ASSERT_EQ(0, epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev)) TH_LOG("epoll_ctl: %s", strerror(errno));
-	do
-		n = epoll_wait(ep, &out, 1, ms);
-	while (n < 0 && errno == EINTR);
-	ASSERT_LE(0, n) TH_LOG("epoll_wait: %s", strerror(errno));
-	close(ep);
-	return n ? (int)out.events : 0;
-}
-
-static int accept_within(struct __test_metadata *_metadata, int lfd, int flags)
-{
-	int fd;
-
-	ASSERT_NE(0, wait_events(_metadata, lfd, EPOLLIN, EVENT_WAIT_MS))
-		TH_LOG("no connection to accept");
-	fd = accept4(lfd, NULL, NULL, flags);
-	ASSERT_LE(0, fd) TH_LOG("accept4: %s", strerror(errno));
-	return fd;
-}
-
 /*
  * A connected pair: *cfd in rsmc_a (AF_SMC if @smc_client, else plain TCP) connected to a
  * listener on addr_b in rsmc_b (AF_SMC if @smc_server), *sfd accepted from it.
@@ -277,41 +222,6 @@ static void make_pair(struct __test_metadata *_metadata, const struct topo *v, b
 static void smc_pair(struct __test_metadata *_metadata, const struct topo *v, int *cfd, int *sfd)
 {
 	make_pair(_metadata, v, true, true, cfd, sfd);
-}
-
-static ssize_t write_all(int fd, const void *buf, size_t len)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = send(fd, (const char *)buf + done, len - done, MSG_NOSIGNAL);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -1;
-		done += n;
-	}
-	return done;
-}
-
-/* Reads exactly @len bytes, unless EOF (short count) or an error (-1) comes first. */
-static ssize_t read_all(int fd, void *buf, size_t len)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = recv(fd, (char *)buf + done, len - done, 0);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -1;
-		if (n == 0)
-			break;
-		done += n;
-	}
-	return done;
 }
 
 /* write_all() and read_all() on a non-blocking socket, waiting with epoll in between. */
@@ -340,22 +250,6 @@ static ssize_t io_all_nb(struct __test_metadata *_metadata, int fd, void *buf, s
 		}
 	}
 	return done;
-}
-
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void msleep(int ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
-
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1366,12 +1260,6 @@ FIXTURE_TEARDOWN_PARENT(removal)
 
 /* How long a transfer may stall before the guard timeouts report it as hung. */
 #define REMOVAL_GUARD_S 20
-
-/* ECONNABORTED where the device went (as stock SMC), ECONNRESET at the peer it aborted. */
-static bool is_abort_errno(int err)
-{
-	return err == ECONNABORTED || err == ECONNRESET || err == EPIPE;
-}
 
 TEST_F_TIMEOUT(removal, device_removal, 300)
 {

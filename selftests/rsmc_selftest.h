@@ -4,8 +4,16 @@
 #define RSMC_SELFTEST_H
 
 #include <errno.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,6 +294,136 @@ static inline int rsmc_load_module(const char *path)
 		return -1;
 	ret = syscall(__NR_finit_module, fd, "", 0);
 	close(fd);
+	return ret;
+}
+
+/* Socket I/O and timing; the assertions come from kselftest_harness.h, included first. */
+
+/* How long a test waits for an event that should come at once (the guest is slow). */
+#define EVENT_WAIT_MS 10000
+
+static inline double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static inline void msleep(int ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+static inline uint32_t xorshift32(uint32_t *state)
+{
+	uint32_t x = *state;
+
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	return *state = x;
+}
+
+/* A chunk size in [1, max], log-uniform so that small and large sizes both occur often. */
+static inline size_t random_chunk(uint32_t *state, size_t max)
+{
+	uint32_t bits = 1 + xorshift32(state) % 18;
+	size_t n = 1 + xorshift32(state) % (1u << bits);
+
+	return n < max ? n : max;
+}
+
+/* Returns the revents of @fd for @events within @ms (0 on timeout). */
+static inline int wait_events(struct __test_metadata *_metadata, int fd, int events, int ms)
+{
+	struct epoll_event ev = { .events = events }, out = {};
+	int ep = epoll_create1(EPOLL_CLOEXEC), n;
+
+	ASSERT_LE(0, ep) TH_LOG("epoll_create1: %s", strerror(errno));
+	ASSERT_EQ(0, epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev)) TH_LOG("epoll_ctl: %s", strerror(errno));
+	do
+		n = epoll_wait(ep, &out, 1, ms);
+	while (n < 0 && errno == EINTR);
+	ASSERT_LE(0, n) TH_LOG("epoll_wait: %s", strerror(errno));
+	close(ep);
+	return n ? (int)out.events : 0;
+}
+
+static inline int accept_within(struct __test_metadata *_metadata, int lfd, int flags)
+{
+	int fd;
+
+	ASSERT_NE(0, wait_events(_metadata, lfd, EPOLLIN, EVENT_WAIT_MS))
+		TH_LOG("no connection to accept");
+	fd = accept4(lfd, NULL, NULL, flags);
+	ASSERT_LE(0, fd) TH_LOG("accept4: %s", strerror(errno));
+	return fd;
+}
+
+static inline uint16_t sockaddr_port(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+	return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+}
+
+static inline ssize_t write_all(int fd, const void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = send(fd, (const char *)buf + done, len - done, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		done += n;
+	}
+	return done;
+}
+
+/* Reads exactly @len bytes, unless EOF (short count) or an error (-1) comes first. */
+static inline ssize_t read_all(int fd, void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = recv(fd, (char *)buf + done, len - done, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0)
+			break;
+		done += n;
+	}
+	return done;
+}
+
+/* ECONNABORTED where the device went (as stock SMC), ECONNRESET at the peer it aborted. */
+static inline bool is_abort_errno(int err)
+{
+	return err == ECONNABORTED || err == ECONNRESET || err == EPIPE;
+}
+
+static inline int set_int(int fd, int level, int opt, int val)
+{
+	return setsockopt(fd, level, opt, &val, sizeof(val));
+}
+
+static inline int get_int(int fd, int level, int opt, int *val)
+{
+	socklen_t len = sizeof(*val);
+	int ret = getsockopt(fd, level, opt, val, &len);
+
+	if (!ret && len != sizeof(*val))
+		errno = EMSGSIZE, ret = -1;
 	return ret;
 }
 
