@@ -4,21 +4,20 @@
 #define RSMC_SELFTEST_H
 
 #include <errno.h>
-#include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/syscall.h>
-#include <unistd.h>
 #include <linux/rsmc.h>
 
 #define RSMC_DEVICES_FILE "/sys/kernel/debug/rsmc/devices"
