@@ -446,11 +446,15 @@ impl Connection {
             if state.closing || state.error.is_some() || state.conn.peer_closed() {
                 return;
             }
+            // The socket's error first: a reader that sees the connection failed (a busy
+            // poller sees it at once) must find the error to report.
+            if let Some(sk) = self.sk.as_ref() {
+                sk.set_error(err);
+            }
             state.error = Some(err);
         }
         self.state_changed.notify_all();
         if let Some(sk) = self.sk.as_ref() {
-            sk.set_error(err);
             sk.state_change();
         }
     }

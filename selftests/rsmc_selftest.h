@@ -233,14 +233,19 @@ static inline int rsmc_get_napi_defer(const char *device, unsigned int *defer_ha
 {
 	FILE *f = fopen(RSMC_NAPI_DEFER_FILE, "r");
 	char line[1024], name[64];
+	unsigned long long timeout;
+	unsigned int defer;
 	int ret = -1;
 
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "%63s %u %llu", name, defer_hard_irqs, gro_flush_timeout_ns) == 3 &&
-		    !strcmp(name, device))
+		if (sscanf(line, "%63s %u %llu", name, &defer, &timeout) == 3 &&
+		    !strcmp(name, device)) {
+			*defer_hard_irqs = defer;
+			*gro_flush_timeout_ns = timeout;
 			ret = 0;
+		}
 	fclose(f);
 	return ret;
 }
