@@ -366,7 +366,13 @@ impl Connection {
         if let Ok((device, _)) = self.device() {
             sk.set_napi_id(device.napi_id());
         }
+        // Under the state lock, so that a failure is either seen here or reported by `fail`.
+        let state = self.state.lock();
+        if let Some(err) = state.error {
+            sk.set_error(err);
+        }
         self.sk.populate(sk);
+        drop(state);
     }
 
     /// Ties the connection to its handshake's TCP connection `clc` (see `tcp_watch`).
