@@ -90,6 +90,12 @@ static inline int rsmc_device_links(const char *device, long *links, long *conns
 	return ret;
 }
 
+/* Whether this is the debug kernel (KASAN, lockdep, kmemleak): recognised by kmemleak. */
+static inline bool rsmc_debug_kernel(void)
+{
+	return !access("/sys/kernel/debug/kmemleak", F_OK);
+}
+
 static inline long rsmc_device_napi_id(const char *device)
 {
 	return rsmc_device_lookup(device, NULL);
