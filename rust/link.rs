@@ -444,16 +444,30 @@ impl Link {
         }
     }
 
-    /// The peer's end is gone: every connection on the link fails.
-    fn fail(&self, err: Error) {
-        {
+    /// The peer's end is gone: every connection on the link fails. Returns whether the link
+    /// was alive until now.
+    fn fail(&self, err: Error) -> bool {
+        let was_alive = {
             let mut state = self.state.lock();
             if state.dead && state.conns.is_empty() {
-                return;
+                return false;
             }
-            state.dead = true;
-        }
+            !core::mem::replace(&mut state.dead, true)
+        };
         self.for_each_conn(|conn| conn.link_failed(err));
+        was_alive
+    }
+
+    /// A work request failed: the link fails; the first failure is logged (those after it
+    /// are the queue pair's flush).
+    fn work_failed(&self, wc: &WorkCompletion) {
+        if self.fail(ECONNRESET) {
+            pr_warn!(
+                "link failed: work request {:#x}: {}\n",
+                wc.wr_id(),
+                wc.status()
+            );
+        }
     }
 
     /// The device is going away: every connection on the link ends (each leaves, the last
@@ -472,7 +486,7 @@ impl Link {
 
     fn received(&self, wc: &WorkCompletion, slot: u32) {
         if wc.status() != WcStatus::SUCCESS {
-            self.fail(ECONNRESET);
+            self.work_failed(wc);
             return;
         }
         let mut bytes = [0u8; cdc::MSG_LEN];
@@ -526,7 +540,7 @@ impl CompletionSink for Link {
         }
         self.credits_back(1);
         if !ok {
-            self.fail(ECONNRESET);
+            self.work_failed(wc);
         }
     }
 }

@@ -41,7 +41,12 @@ const HOP_LIMIT: u8 = 1;
 /// Receiver-not-ready NAK timer code (0.06 ms), as `SMC_QP_MIN_RNR_TIMER`.
 const MIN_RNR_TIMER: u8 = 5;
 /// Local ACK timeout code (about 134 ms), as `SMC_QP_TIMEOUT`.
+#[cfg(not(CONFIG_KASAN))]
 const ACK_TIMEOUT: u8 = 15;
+/// On debug kernels (KASAN) under emulation rxe may not acknowledge for over a second when
+/// dozens of connections start at once, which would exhaust the retries: about 1.07 s.
+#[cfg(CONFIG_KASAN)]
+const ACK_TIMEOUT: u8 = 18;
 /// Transport retries, as `SMC_QP_RETRY_CNT`.
 const RETRY_COUNT: u8 = 7;
 /// Receiver-not-ready retries: 7 means forever, as `SMC_QP_RNR_RETRY`.
