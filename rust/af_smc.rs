@@ -3,17 +3,32 @@
 //! The `AF_SMC` socket family (`socket(AF_SMC, SOCK_STREAM, 0 | 1)`).
 //!
 //! Each socket owns an internal kernel TCP socket to the same peer, as net/smc's `clcsock`.
-//! Until a connection has an RDMA path, every call is served by that TCP socket ("fallback"),
-//! which gives TCP semantics for free: blocking and non-blocking connect/accept, timeouts,
-//! half-close, poll readiness, and the `IPPROTO_TCP` options.
+//! `connect` and `accept` run the CLC handshake over it ([`crate::clc`]); if that sets up an
+//! RDMA link, data moves over the [`Connection`], otherwise every call is served by the TCP
+//! socket ("fallback"), which gives TCP semantics for free.
 
-use crate::ffi::{
-    kernel_socket::{
-        File, KernelSocket, MsgHdr, PollTable, SockAddr, SockAddrOut, SockPtr, UserPtr,
+use crate::{
+    clc::{self, Outcome},
+    connection::{epoll, Connection},
+    connector::Connector,
+    ffi::{
+        kernel_socket::{
+            File, KernelSocket, MsgHdr, PollTable, SockAddr, SockAddrOut, SockPtr, UserPtr,
+        },
+        sock::{FamilyRegistration, FamilyTables, Sock, SockRef, Socket, SocketFamily, SOL_SOCKET},
     },
-    sock::{FamilyRegistration, FamilyTables, SockRef, Socket, SocketFamily, SOL_SOCKET},
+    listener::Listener,
 };
-use kernel::{prelude::*, ModuleMetadata};
+use kernel::{
+    ffi::c_long,
+    prelude::*,
+    sync::{
+        aref::ARef,
+        atomic::{Atomic, Relaxed},
+        Arc, SetOnce,
+    },
+    ModuleMetadata,
+};
 
 /// `AF_SMC` from `include/linux/socket.h`.
 const AF_SMC: i32 = 43;
@@ -23,11 +38,185 @@ const SMCPROTO_SMC: i32 = 0;
 const SMCPROTO_SMC6: i32 = 1;
 /// `SOCK_STREAM` from `include/linux/net.h`.
 const SOCK_STREAM: i32 = 1;
+/// `O_NONBLOCK`.
+const O_NONBLOCK: i32 = 0o4000;
+/// `MSG_DONTWAIT`.
+const MSG_DONTWAIT: i32 = 0x40;
+/// `SOL_SMC` and its options, from `include/uapi/linux/rsmc.h`.
+const SOL_SMC: i32 = 286;
+const RSMC_INFO: i32 = 64;
+/// `rsmc_info.mode` values.
+const MODE_NONE: u32 = 0;
+const MODE_RDMA: u32 = 1;
+const MODE_TCP: u32 = 2;
+/// `SHUT_RD`, `SHUT_WR`, `SHUT_RDWR`.
+const SHUT_RD: i32 = 0;
+const SHUT_WR: i32 = 1;
+const SHUT_RDWR: i32 = 2;
+
+/// `struct rsmc_info` (`include/uapi/linux/rsmc.h`), as bytes in its C layout.
+struct Info {
+    mode: u32,
+    fallback_reason: u32,
+    peer_decline_code: u32,
+    rdma_tx_bytes: u64,
+    rdma_rx_bytes: u64,
+    tcp_tx_bytes: u64,
+    tcp_rx_bytes: u64,
+}
+
+impl Info {
+    const LEN: usize = 48;
+
+    fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        let words = [self.mode, self.fallback_reason, self.peer_decline_code, 0];
+        for (chunk, word) in out[..16].chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        let counters = [
+            self.rdma_tx_bytes,
+            self.rdma_rx_bytes,
+            self.tcp_tx_bytes,
+            self.tcp_rx_bytes,
+        ];
+        for (chunk, counter) in out[16..].chunks_exact_mut(8).zip(counters) {
+            chunk.copy_from_slice(&counter.to_ne_bytes());
+        }
+        out
+    }
+}
+
+/// How a socket carries its data once its handshake ended: shared with the work item that
+/// finishes a non-blocking connect.
+pub(crate) struct Transport {
+    /// The RDMA connection, once the handshake set one up.
+    rdma: SetOnce<Arc<Connection>>,
+    /// `MODE_*`: set once, when the handshake ends.
+    mode: Atomic<u32>,
+    fallback_reason: Atomic<u32>,
+    peer_decline_code: Atomic<u32>,
+}
+
+impl Transport {
+    fn new() -> Result<Arc<Self>> {
+        Ok(Arc::new(
+            Self {
+                rdma: SetOnce::new(),
+                mode: Atomic::new(MODE_NONE),
+                fallback_reason: Atomic::new(0),
+                peer_decline_code: Atomic::new(0),
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
+    /// Records how the handshake over `clc` ended.
+    pub(crate) fn settle(&self, outcome: Outcome, clc: &Arc<KernelSocket>) {
+        match outcome {
+            Outcome::Rdma(conn) => {
+                // Without the watch the connection still works; it only misses a peer whose
+                // device went away without a word.
+                if conn.watch_tcp(clc.clone()).is_err() {
+                    pr_warn!("connection not tied to its TCP connection\n");
+                }
+                self.rdma.populate(conn);
+                self.mode.store(MODE_RDMA, Relaxed);
+            }
+            Outcome::Fallback { reason, peer_code } => {
+                self.fallback_reason.store(reason.0, Relaxed);
+                self.peer_decline_code.store(peer_code.0, Relaxed);
+                self.mode.store(MODE_TCP, Relaxed);
+            }
+        }
+    }
+
+    fn mode(&self) -> u32 {
+        self.mode.load(Relaxed)
+    }
+
+    fn rdma(&self) -> Option<&Arc<Connection>> {
+        self.rdma.as_ref()
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        // A connection whose socket is gone without `release` closing it (never accepted, or
+        // set up by a connect the socket's close cut short) is aborted; after `release` this
+        // finds the connection closed already.
+        if let Some(conn) = self.rdma.as_ref() {
+            conn.close(true);
+        }
+    }
+}
 
 /// The state of one `AF_SMC` socket.
 pub(crate) struct SmcSock {
     /// The internal TCP socket: handshake channel, and the data path on fallback.
-    clc: KernelSocket,
+    clc: Arc<KernelSocket>,
+    /// Set by `listen`: the connections handshaken for `accept`.
+    listener: SetOnce<Arc<Listener>>,
+    /// Set by a `connect` that returned `EINPROGRESS`: the rest of it.
+    connector: SetOnce<Arc<Connector>>,
+    transport: Arc<Transport>,
+    tcp_tx_bytes: Atomic<u64>,
+    tcp_rx_bytes: Atomic<u64>,
+}
+
+impl SmcSock {
+    /// The state of a socket whose internal TCP socket is `clc`.
+    pub(crate) fn new(clc: Arc<KernelSocket>) -> Result<Self> {
+        Ok(Self {
+            clc,
+            listener: SetOnce::new(),
+            connector: SetOnce::new(),
+            transport: Transport::new()?,
+            tcp_tx_bytes: Atomic::new(0),
+            tcp_rx_bytes: Atomic::new(0),
+        })
+    }
+
+    /// The internal TCP socket.
+    pub(crate) fn clc(&self) -> &KernelSocket {
+        &self.clc
+    }
+
+    /// Records how the handshake ended.
+    pub(crate) fn settle(&self, outcome: Outcome) {
+        self.transport.settle(outcome, &self.clc);
+    }
+
+    /// A non-blocking connect still in progress.
+    fn connecting(&self) -> Option<&Arc<Connector>> {
+        self.connector
+            .as_ref()
+            .filter(|connector| connector.in_progress())
+    }
+
+    /// Waits (up to `*timeo`) for a non-blocking connect to finish, as TCP's send and receive
+    /// wait for its connect: the handshake owns the TCP connection until then.
+    fn wait_connected(&self, sk: &Sock, mut timeo: c_long) -> Result {
+        match self.connecting() {
+            Some(connector) => sk.wait_until(&mut timeo, || !connector.in_progress()),
+            None => Ok(()),
+        }
+    }
+
+    fn info(&self) -> Info {
+        let transport = &self.transport;
+        let (rdma_tx_bytes, rdma_rx_bytes) =
+            transport.rdma().map_or((0, 0), |conn| conn.rdma_bytes());
+        Info {
+            mode: transport.mode(),
+            fallback_reason: transport.fallback_reason.load(Relaxed),
+            peer_decline_code: transport.peer_decline_code.load(Relaxed),
+            rdma_tx_bytes,
+            rdma_rx_bytes,
+            tcp_tx_bytes: self.tcp_tx_bytes.load(Relaxed),
+            tcp_rx_bytes: self.tcp_rx_bytes.load(Relaxed),
+        }
+    }
 }
 
 struct AfSmc;
@@ -52,9 +241,8 @@ impl SocketFamily for AfSmc {
     }
 
     fn new_state(sk: &SockRef<'_>, protocol: i32) -> Result<SmcSock> {
-        Ok(SmcSock {
-            clc: KernelSocket::new_tcp(sk, protocol == SMCPROTO_SMC6)?,
-        })
+        let clc = KernelSocket::new_tcp(sk, protocol == SMCPROTO_SMC6)?;
+        SmcSock::new(Arc::new(clc, GFP_KERNEL)?)
     }
 
     fn bind(sock: &Socket<'_, Self>, addr: &mut SockAddr, len: i32) -> Result {
@@ -62,17 +250,67 @@ impl SocketFamily for AfSmc {
     }
 
     fn connect(sock: &Socket<'_, Self>, addr: &mut SockAddr, len: i32, flags: i32) -> Result {
-        sock.state().clc.connect(addr, len, flags)
+        let state = sock.state();
+        if let Some(connector) = state.connector.as_ref() {
+            if connector.in_progress() {
+                return Err(EALREADY);
+            }
+            if state.transport.mode() == MODE_NONE {
+                // The connect failed; its error was reported through SO_ERROR or is now.
+                return Err(sock.sk().take_error().unwrap_or(ECONNABORTED));
+            }
+        }
+        if state.transport.mode() != MODE_NONE {
+            return state.clc.connect(addr, len, flags);
+        }
+        state.clc.set_syn_smc(true);
+        match state.clc.connect(addr, len, flags) {
+            Ok(()) => {}
+            // Non-blocking, or a blocking connect that ran out of SO_SNDTIMEO: the TCP
+            // connect goes on, and the handshake after it, in the background.
+            Err(err) if err == EINPROGRESS => {
+                let sk = ARef::from(&*sock.sk());
+                let connector = Connector::start(state.clc.clone(), sk, state.transport.clone())?;
+                if !state.connector.populate(connector.clone()) {
+                    connector.cancel();
+                    return Err(EALREADY);
+                }
+                return Err(EINPROGRESS);
+            }
+            Err(err) => return Err(err),
+        }
+        let outcome = clc::client(&state.clc);
+        if let Outcome::Rdma(conn) = &outcome {
+            conn.set_socket(ARef::from(&*sock.sk()));
+        }
+        state.settle(outcome);
+        Ok(())
     }
 
     fn listen(sock: &Socket<'_, Self>, backlog: i32) -> Result {
-        sock.state().clc.listen(backlog)
+        let state = sock.state();
+        if state.transport.mode() != MODE_NONE || state.connector.as_ref().is_some() {
+            return Err(EINVAL);
+        }
+        state.clc.set_syn_smc(true);
+        if state.listener.as_ref().is_none() {
+            let listener = Listener::new(state.clc.clone(), ARef::from(&*sock.sk()))?;
+            if !state.listener.populate(listener.clone()) {
+                listener.close();
+            }
+        }
+        state.clc.listen(backlog)
     }
 
     fn accept(sock: &Socket<'_, Self>, flags: i32) -> Result<SmcSock> {
-        Ok(SmcSock {
-            clc: sock.state().clc.accept(flags)?,
-        })
+        let listener = sock.state().listener.as_ref().ok_or(EINVAL)?;
+        listener.accept(flags & O_NONBLOCK != 0)
+    }
+
+    fn accepted(sock: &Socket<'_, Self>) {
+        if let Some(conn) = sock.state().transport.rdma() {
+            conn.set_socket(ARef::from(&*sock.sk()));
+        }
     }
 
     fn getname(sock: &Socket<'_, Self>, addr: &mut SockAddrOut, peer: bool) -> Result<i32> {
@@ -80,18 +318,48 @@ impl SocketFamily for AfSmc {
     }
 
     fn poll(sock: &Socket<'_, Self>, file: &mut File, wait: Option<&mut PollTable>) -> u32 {
-        let clc = &sock.state().clc;
-        let mask = clc.poll(file, wait);
+        let state = sock.state();
+        if state.connecting().is_some() {
+            // Not writable until connected, as TCP; the work item wakes this socket.
+            sock.poll_wait(file, wait);
+            return if sock.sk().has_error() { epoll::ERR } else { 0 };
+        }
+        if let Some(conn) = state.transport.rdma() {
+            sock.poll_wait(file, wait);
+            return conn.poll_mask();
+        }
+        if let Some(listener) = state.listener.as_ref() {
+            sock.poll_wait(file, wait);
+            return listener.poll_mask();
+        }
+        let clc = &state.clc;
+        let mut mask = clc.poll(file, wait);
         // SO_ERROR is answered from this socket's `sk_err`: mirror the TCP socket's error
-        // (e.g. a refused non-blocking connect) so pollers that then ask for it see it.
+        // (e.g. a refused connect) so pollers that then ask for it see it.
         if let Some(err) = clc.pending_error() {
             sock.sk().set_error(err);
+        }
+        // A failed non-blocking connect left its error here, not on the TCP socket.
+        if sock.sk().has_error() {
+            mask |= epoll::ERR;
         }
         mask
     }
 
     fn shutdown(sock: &Socket<'_, Self>, how: i32) -> Result {
-        sock.state().clc.shutdown(how)
+        let state = sock.state();
+        if state.connecting().is_some() {
+            return Err(ENOTCONN);
+        }
+        match state.transport.rdma() {
+            Some(conn) => match how {
+                SHUT_RD => conn.shutdown(true, false),
+                SHUT_WR => conn.shutdown(false, true),
+                SHUT_RDWR => conn.shutdown(true, true),
+                _ => Err(EINVAL),
+            },
+            None => state.clc.shutdown(how),
+        }
     }
 
     fn setsockopt(
@@ -101,6 +369,9 @@ impl SocketFamily for AfSmc {
         val: SockPtr,
         len: u32,
     ) -> Result {
+        if level == SOL_SMC {
+            return Err(ENOPROTOOPT);
+        }
         if level == SOL_SOCKET {
             // Socket-level options (timeouts, buffer sizes, keepalive, linger, reuseaddr)
             // apply to this socket and to the TCP socket that carries its traffic.
@@ -116,24 +387,65 @@ impl SocketFamily for AfSmc {
         val: UserPtr,
         len: UserPtr,
     ) -> Result {
-        sock.state().clc.getsockopt(level, name, val, len)
+        if level != SOL_SMC {
+            return sock.state().clc.getsockopt(level, name, val, len);
+        }
+        if name != RSMC_INFO {
+            return Err(ENOPROTOOPT);
+        }
+        let want = usize::try_from(len.read_i32()?).map_err(|_| EINVAL)?;
+        let info = sock.state().info().to_bytes();
+        let out = &info[..want.min(Info::LEN)];
+        val.write_bytes(out)?;
+        // CAST: At most `Info::LEN`.
+        len.write_i32(out.len() as i32)
     }
 
     fn sendmsg(sock: &Socket<'_, Self>, msg: &mut MsgHdr, len: usize) -> Result<usize> {
-        sock.state().clc.sendmsg(msg, len)
+        let state = sock.state();
+        let sk = sock.sk();
+        state.wait_connected(&sk, sk.sndtimeo(msg.flags() & MSG_DONTWAIT != 0))?;
+        if let Some(conn) = state.transport.rdma() {
+            return conn.sendmsg(&sk, msg, len);
+        }
+        let sent = state.clc.sendmsg(msg, len)?;
+        if state.transport.mode() != MODE_NONE {
+            state.tcp_tx_bytes.add(sent as u64, Relaxed);
+        }
+        Ok(sent)
     }
 
     fn recvmsg(sock: &Socket<'_, Self>, msg: &mut MsgHdr, len: usize, flags: i32) -> Result<usize> {
-        sock.state().clc.recvmsg(msg, len, flags)
+        let state = sock.state();
+        let sk = sock.sk();
+        state.wait_connected(&sk, sk.rcvtimeo(flags & MSG_DONTWAIT != 0))?;
+        if let Some(conn) = state.transport.rdma() {
+            return conn.recvmsg(&sk, msg, len, flags);
+        }
+        let received = state.clc.recvmsg(msg, len, flags)?;
+        if state.transport.mode() != MODE_NONE {
+            state.tcp_rx_bytes.add(received as u64, Relaxed);
+        }
+        Ok(received)
     }
 
     fn ioctl(sock: &Socket<'_, Self>, cmd: u32, arg: usize) -> Result<i32> {
         sock.state().clc.ioctl(cmd, arg)
     }
 
-    fn release(_sock: &Socket<'_, Self>) {
+    fn release(sock: &Socket<'_, Self>) {
         // Dropping the state releases the TCP socket, which closes it gracefully (unsent
         // data drains, SO_LINGER honoured) or aborts it as TCP would.
+        let state = sock.state();
+        if let Some(connector) = state.connector.as_ref() {
+            connector.cancel();
+        }
+        if let Some(conn) = state.transport.rdma() {
+            conn.close(sock.sk().linger_zero());
+        }
+        if let Some(listener) = state.listener.as_ref() {
+            listener.close();
+        }
     }
 }
 

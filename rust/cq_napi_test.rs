@@ -15,7 +15,7 @@
 mod tests {
     use crate::{
         ffi::{
-            ib::RoceGid,
+            ib::{v4_mapped, RoceGid},
             verbs::{
                 Access, DmaBuffer, DmaDirection, Qp, RemoteQp, WcOpcode, WcStatus, WorkCompletion,
             },
@@ -133,7 +133,7 @@ mod tests {
     impl Host {
         fn new(name: &str, addr: [u8; 4]) -> Result<Self> {
             let device = ib::device_by_name(name).ok_or(ENODEV)?;
-            let gid = device.registered().find_roce_v2_gid(addr)?;
+            let gid = device.registered().find_roce_v2_gid(v4_mapped(addr))?;
             let sink = RecordingSink::new()?;
             let registration = device.poller().register_sink(sink.clone())?;
             let cq = device.poller().cq();
@@ -169,13 +169,11 @@ mod tests {
     fn connect() -> Result<(Host, Host)> {
         let a = Host::new("rxe_a", [192, 0, 2, 1])?;
         let b = Host::new("rxe_b", [192, 0, 2, 2])?;
-        let mtu_a = a.device.registered().active_mtu(a.gid.port)?;
-        let mtu_b = b.device.registered().active_mtu(b.gid.port)?;
-        let mtu = if mtu_a.code() <= mtu_b.code() {
-            mtu_a
-        } else {
-            mtu_b
-        };
+        let mtu = a
+            .device
+            .registered()
+            .active_mtu(a.gid.port)?
+            .path_with(b.device.registered().active_mtu(b.gid.port)?);
         for (local, local_psn, peer, peer_psn) in [(&a, PSN_A, &b, PSN_B), (&b, PSN_B, &a, PSN_A)] {
             let port = local.gid.port;
             local.qp.modify_to_init(port, Access::LOCAL_WRITE)?;

@@ -6,19 +6,38 @@
 use crate::{
     ffi::{
         ib::{
-            ClientRegistration, ClientTable, IbClient, IbDevice, RegisteredDevice, DEVICE_NAME_MAX,
-            NETDEV_NAME_MAX,
+            ClientRegistration, ClientTable, IbClient, IbDevice, RegisteredDevice, RoceGid,
+            DEVICE_NAME_MAX, NETDEV_NAME_MAX,
         },
         napi::Napi,
         verbs::Pd,
     },
+    link::{Link, PeerEnd, MAX_LINKS},
     poller::Poller,
 };
 use core::fmt;
 use kernel::{
+    new_condvar, new_mutex,
     prelude::*,
-    sync::{aref::ARef, Arc},
+    sync::{
+        aref::ARef,
+        atomic::{Atomic, Relaxed},
+        Arc, CondVar, CondVarTimeoutResult, Mutex,
+    },
+    time::msecs_to_jiffies,
 };
+
+/// A client's turn to set up a new link on a device; the next waiter's when dropped.
+pub(crate) struct FirstContact<'a> {
+    device: &'a Device,
+}
+
+impl Drop for FirstContact<'_> {
+    fn drop(&mut self) {
+        *self.device.first_contact.lock() = false;
+        self.device.first_contact_done.notify_all();
+    }
+}
 
 /// One RDMA device: its protection domain, and its completion queue drained by its NAPI.
 ///
@@ -34,14 +53,28 @@ use kernel::{
 /// 2. `pd`, once no queue pair or memory region holds it.
 /// 3. `dev`: the registration reference that device unregistration waits for.
 ///
-/// Nothing here refers back to the `Device`, so dropping the last `Arc` frees it all.
+/// Links refer to their device, which lists them until they are torn down (see
+/// [`Device::list_link`]), so the last `Arc` goes once the device is removed and its links
+/// are gone; dropping it frees everything.
+#[pin_data]
 pub(crate) struct Device {
     name: [u8; DEVICE_NAME_MAX],
     name_len: usize,
     /// The netdev of port 1 when the device appeared (rxe binds it at creation).
     netdev: [u8; NETDEV_NAME_MAX],
     netdev_len: usize,
+    #[pin]
+    links: Mutex<Links>,
+    /// Set while a client sets up a new link, so that concurrent connections to the same
+    /// peer wait and share it (stock SMC's smc_client_lgr_pending).
+    #[pin]
+    first_contact: Mutex<bool>,
+    #[pin]
+    first_contact_done: CondVar,
     napi: Napi<Poller>,
+    /// The NAPI's interrupt deferral, as last set (off until then).
+    napi_defer_hard_irqs: Atomic<u32>,
+    napi_gro_flush_timeout_ns: Atomic<u64>,
     pd: Arc<Pd>,
     dev: ARef<RegisteredDevice>,
 }
@@ -60,18 +93,118 @@ impl Device {
             napi.schedule();
         }
         // INVARIANT: Fields are declared in teardown order.
-        Ok(Arc::new(
-            Self {
+        Arc::pin_init(
+            try_pin_init!(Self {
                 name,
                 name_len,
                 netdev,
                 netdev_len,
+                links <- new_mutex!(Links {
+                    removed: false,
+                    list: KVec::new(),
+                }),
+                first_contact <- new_mutex!(false),
+                first_contact_done <- new_condvar!("Device::first_contact_done"),
                 napi,
+                napi_defer_hard_irqs: Atomic::new(0),
+                napi_gro_flush_timeout_ns: Atomic::new(0),
                 pd,
                 dev,
-            },
+            }? Error),
             GFP_KERNEL,
-        )?)
+        )
+    }
+
+    /// Lists `link` as on this device, so that removing the device ends it and handshakes
+    /// find it; fails with `ENODEV` once the device is being removed. A listed link must
+    /// [`Device::unlist_link`] itself when it is torn down.
+    pub(crate) fn list_link(&self, link: Arc<Link>) -> Result {
+        let mut links = self.links.lock();
+        if links.removed {
+            return Err(ENODEV);
+        }
+        if links.list.len() >= MAX_LINKS {
+            return Err(EBUSY);
+        }
+        links.list.push(link, GFP_KERNEL)?;
+        Ok(())
+    }
+
+    /// How many links the device has.
+    pub(crate) fn links(&self) -> usize {
+        self.links.lock().list.len()
+    }
+
+    /// The id of the NAPI instance that reaps this device's completions: sockets with
+    /// connections on the device carry it, so that busy polling spins on this NAPI.
+    pub(crate) fn napi_id(&self) -> u32 {
+        self.napi.id()
+    }
+
+    /// Takes the turn to set up a new link (see `first_contact`), waiting up to `wait_ms`
+    /// milliseconds for the client that has it. `None` if the wait ran out or a signal came:
+    /// the caller goes on without the turn, as one stuck handshake must not hold up every
+    /// connect behind it.
+    pub(crate) fn first_contact(&self, wait_ms: u32) -> Option<FirstContact<'_>> {
+        let mut busy = self.first_contact.lock();
+        let mut left = msecs_to_jiffies(wait_ms);
+        while *busy {
+            match self
+                .first_contact_done
+                .wait_interruptible_timeout(&mut busy, left)
+            {
+                CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Signal { .. } => return None,
+            }
+        }
+        *busy = true;
+        Some(FirstContact { device: self })
+    }
+
+    /// Takes `link` off the device's list.
+    pub(crate) fn unlist_link(&self, link: &Link) {
+        let taken = {
+            let mut links = self.links.lock();
+            let i = links
+                .list
+                .iter()
+                .position(|listed| core::ptr::eq(&**listed, link));
+            i.and_then(|i| links.list.remove(i).ok())
+        };
+        // Dropped unlocked: it may be the last reference, whose destructor takes this lock.
+        drop(taken);
+    }
+
+    /// A usable link whose peer's end satisfies `wanted`.
+    pub(crate) fn find_link(&self, wanted: impl Fn(&PeerEnd) -> bool) -> Option<Arc<Link>> {
+        self.links
+            .lock()
+            .list
+            .iter()
+            .find(|link| link.live_peer().is_some_and(|peer| wanted(&peer)))
+            .cloned()
+    }
+
+    /// The device's links, with how many connections each has and how many cursor messages
+    /// it dropped.
+    fn link_stats(&self) -> (usize, usize, u64) {
+        let links = self.links.lock();
+        let conns = links.list.iter().map(|link| link.connections()).sum();
+        let dropped = links.list.iter().map(|link| link.dropped()).sum();
+        (links.list.len(), conns, dropped)
+    }
+
+    /// Ends every link on the device and refuses new ones: it is going away.
+    fn remove_links(&self) {
+        let doomed = {
+            let mut links = self.links.lock();
+            links.removed = true;
+            core::mem::take(&mut links.list)
+        };
+        // Unlocked: each link unlists itself (a no-op now) as it is torn down.
+        for link in doomed.iter() {
+            link.device_removed();
+        }
     }
 
     /// The device, for the verbs objects of its links (buffers, GID lookups).
@@ -101,10 +234,52 @@ impl Device {
     }
 }
 
+/// The links on a device.
+struct Links {
+    /// Set when the device is being removed: no link may start on it.
+    removed: bool,
+    list: KVec<Arc<Link>>,
+}
+
 /// Device and netdev names are printable ASCII (the kernel enforces it); anything else
 /// shows as "?".
 fn ascii_name(name: &[u8]) -> &str {
     core::str::from_utf8(name).unwrap_or("?")
+}
+
+/// Sets the interrupt deferral of the NAPI of the device named `name` (see
+/// [`Napi::set_defer`]); `ENODEV` if there is no such device.
+pub(crate) fn set_napi_defer(
+    name: &str,
+    defer_hard_irqs: u32,
+    gro_flush_timeout_ns: u64,
+) -> Result {
+    let device = DEVICES
+        .lock()
+        .iter()
+        .find(|device| device.name() == name)
+        .cloned()
+        .ok_or(ENODEV)?;
+    device.napi_defer_hard_irqs.store(defer_hard_irqs, Relaxed);
+    device
+        .napi_gro_flush_timeout_ns
+        .store(gro_flush_timeout_ns, Relaxed);
+    device.napi.set_defer(defer_hard_irqs, gro_flush_timeout_ns);
+    Ok(())
+}
+
+/// Writes one line per device: `<name> <defer_hard_irqs> <gro_flush_timeout in ns>`.
+pub(crate) fn show_napi_defer(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    for device in DEVICES.lock().iter() {
+        writeln!(
+            f,
+            "{} {} {}",
+            device.name(),
+            device.napi_defer_hard_irqs.load(Relaxed),
+            device.napi_gro_flush_timeout_ns.load(Relaxed)
+        )?;
+    }
+    Ok(())
 }
 
 kernel::sync::global_lock! {
@@ -132,9 +307,12 @@ impl IbClient for RsmcClient {
     }
 
     fn remove(_ibdev: &IbDevice, device: Arc<Device>) {
+        // First unlisted, so that no new connection picks it; then its connections end, and
+        // with them their references: unregistration waits for those.
         DEVICES
             .lock()
             .retain(|listed| !Arc::ptr_eq(listed, &device));
+        device.remove_links();
         pr_info!("device {} removed\n", device.name());
     }
 }
@@ -172,20 +350,42 @@ pub(crate) fn device_by_name(name: &str) -> Option<Arc<Device>> {
         .cloned()
 }
 
-/// Writes one line per device:
-/// `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n> completions <n>`.
+/// The device with a RoCE v2 GID for the IP address `ip` (IPv4 as `::ffff:a.b.c.d`), i.e.
+/// the device of the netdev that has the address: routing picked that netdev for the
+/// connection that has `ip` as its local address.
+pub(crate) fn device_for_ip(ip: [u8; 16]) -> Option<(Arc<Device>, RoceGid)> {
+    DEVICES.lock().iter().find_map(|device| {
+        let gid = device.registered().find_roce_v2_gid(ip).ok()?;
+        Some((device.clone(), gid))
+    })
+}
+
+/// Writes one line per device: `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n>
+/// completions <n> links <n> connections <n> dropped_cdc <n> softirq_polls <n>
+/// softirq_completions <n> busy_polls <n> busy_completions <n>`.
 pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for device in DEVICES.lock().iter() {
         let poller = device.poller();
+        let (links, conns, dropped) = device.link_stats();
+        let (softirq, busy) = (poller.softirq_counts(), poller.busy_counts());
         writeln!(
             f,
-            "{} napi_id {} polls {} netdev {} cq_events {} completions {}",
+            "{} napi_id {} polls {} netdev {} cq_events {} completions {} links {} \
+             connections {} dropped_cdc {} softirq_polls {} softirq_completions {} \
+             busy_polls {} busy_completions {}",
             device.name(),
             device.napi.id(),
             poller.polls(),
             device.netdev(),
             poller.cq_events(),
-            poller.completions()
+            poller.completions(),
+            links,
+            conns,
+            dropped,
+            softirq.polls(),
+            softirq.completions(),
+            busy.polls(),
+            busy.completions(),
         )?;
     }
     Ok(())

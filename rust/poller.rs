@@ -28,7 +28,7 @@ use kernel::{
 };
 
 /// Completion queue entries per device, shared by the send and receive queues of its links.
-const CQ_ENTRIES: u32 = 1024;
+pub(crate) const CQ_ENTRIES: u32 = 8192;
 /// Completions reaped per `ib_poll_cq` call.
 const POLL_BATCH: usize = 16;
 /// A `wr_id`'s top bits name the [`CompletionSink`] its completion goes to.
@@ -79,8 +79,9 @@ impl CqHandler for CqEvents {
 pub(crate) struct Poller {
     cq: Arc<Cq>,
     events: Arc<CqEvents>,
-    polls: Atomic<u64>,
-    completions: Atomic<u64>,
+    /// Polls, and the completions they reaped, by softirq and by busy pollers.
+    softirq: PollCounts,
+    busy: PollCounts,
     /// Registered sinks by id (the top bits of their `wr_id`s). Taken in the NAPI poll and in
     /// process context, hence with IRQs (and so bottom halves) off.
     #[pin]
@@ -105,12 +106,17 @@ impl Poller {
             try_pin_init!(Self {
                 cq,
                 events,
-                polls: Atomic::new(0),
-                completions: Atomic::new(0),
+                softirq: PollCounts::new(),
+                busy: PollCounts::new(),
                 sinks <- new_spinlock_irq!(KVec::new()),
             }? Error),
             GFP_KERNEL,
         )
+    }
+
+    /// Waits until a poll running now (softirq or busy poller) has finished. Sleeps.
+    pub(crate) fn synchronize(&self) {
+        self.events.napi.synchronize();
     }
 
     /// The device's completion queue, for the queue pairs of its links.
@@ -126,7 +132,17 @@ impl Poller {
 
     /// How many times the NAPI instance has polled (softirq and busy poll).
     pub(crate) fn polls(&self) -> u64 {
-        self.polls.load(Relaxed)
+        self.softirq.polls() + self.busy.polls()
+    }
+
+    /// Polls and completions by softirq.
+    pub(crate) fn softirq_counts(&self) -> &PollCounts {
+        &self.softirq
+    }
+
+    /// Polls and completions by busy pollers.
+    pub(crate) fn busy_counts(&self) -> &PollCounts {
+        &self.busy
     }
 
     /// How many completion events the queue has signalled.
@@ -136,7 +152,7 @@ impl Poller {
 
     /// How many completions the polls have reaped.
     pub(crate) fn completions(&self) -> u64 {
-        self.completions.load(Relaxed)
+        self.softirq.completions() + self.busy.completions()
     }
 
     /// Registers `sink` for the completions of work requests posted with
@@ -163,7 +179,6 @@ impl Poller {
     /// Hands `wc` to the sink its `wr_id` names; without one (it was unregistered while its
     /// work request was outstanding) the completion is dropped.
     fn dispatch(&self, wc: &WorkCompletion) {
-        self.completions.add(1, Relaxed);
         let id = wc.wr_id() >> SINK_SHIFT;
         let sink = self
             .sinks
@@ -180,7 +195,12 @@ impl Poller {
 
 impl NapiPoll for Poller {
     fn poll(&self, napi: &mut NapiContext, budget: i32) -> i32 {
-        self.polls.add(1, Relaxed);
+        let counts = if napi.in_busy_poll() {
+            &self.busy
+        } else {
+            &self.softirq
+        };
+        counts.polls.add(1, Relaxed);
         let budget_wcs = usize::try_from(budget).unwrap_or(0);
         let mut wcs = [WorkCompletion::EMPTY; POLL_BATCH];
         let mut done = 0;
@@ -195,7 +215,9 @@ impl NapiPoll for Poller {
                 break;
             }
         }
-        // `done <= budget`, an `i32`.
+        // CAST: `done <= budget`, a `usize` from an `i32`.
+        counts.completions.add(done as u64, Relaxed);
+        // CAST: As above.
         let done = done as i32;
         // With budget left the queue is empty. Re-arm it only if the NAPI is idle now: while
         // a busy poller owns it, it polls again without events.
@@ -210,9 +232,35 @@ impl NapiPoll for Poller {
     }
 }
 
+/// How often one kind of caller (softirq or busy poller) polled, and what it reaped.
+pub(crate) struct PollCounts {
+    polls: Atomic<u64>,
+    completions: Atomic<u64>,
+}
+
+impl PollCounts {
+    const fn new() -> Self {
+        Self {
+            polls: Atomic::new(0),
+            completions: Atomic::new(0),
+        }
+    }
+
+    pub(crate) fn polls(&self) -> u64 {
+        self.polls.load(Relaxed)
+    }
+
+    pub(crate) fn completions(&self) -> u64 {
+        self.completions.load(Relaxed)
+    }
+}
+
 /// A [`CompletionSink`] registered with a [`Poller`]; unregistered on drop.
 ///
-/// After the drop a poll already running may still hand the sink one more completion.
+/// Dropping it waits for a poll that is running to finish, so afterwards the sink gets no
+/// more completions and the poller holds no reference to it. It must be dropped in process
+/// context (it sleeps), never from the sink itself, and while the device's NAPI is enabled
+/// (hold the device's `Arc`).
 pub(crate) struct SinkRegistration {
     poller: Arc<Poller>,
     id: u16,
@@ -234,6 +282,8 @@ impl Drop for SinkRegistration {
             .position(|(id, _)| *id == self.id)
             .and_then(|i| sinks.remove(i).ok());
         drop(sinks);
+        // A poll that found the sink before it was removed may still be calling it.
+        self.poller.events.napi.synchronize();
         // The sink is dropped unlocked, with IRQs on: its destructor may sleep.
         drop(removed);
     }

@@ -6,7 +6,8 @@
 //! completion queues of each RDMA device are drained by a NAPI instance, so the kernel's
 //! stock busy-poll paths (recvmsg, epoll, poll/select, io_uring) spin on RDMA completions.
 //!
-//! Layout (mirrors net/smc): `af_smc` the socket family, `ib` the RDMA device client,
+//! Layout (mirrors net/smc): `af_smc` the socket family, `clc` the handshake, `connection`
+//! an RDMA connection and its data path, `ib` the RDMA device client,
 //! `poller` the per-device NAPI poller, `debugfs` the state tests read, `proto` the pure
 //! protocol core (also built and tested on the host), `ffi` every call into C (`ffi::verbs`
 //! the RDMA verbs objects), `verbs_test` the KUnit suite that runs them over two rxe devices,
@@ -15,10 +16,15 @@
 use kernel::prelude::*;
 
 mod af_smc;
+mod clc;
+mod connection;
+mod connector;
 mod cq_napi_test;
 mod debugfs;
 mod ffi;
 mod ib;
+mod link;
+mod listener;
 mod poller;
 pub mod proto;
 mod verbs_test;
@@ -35,6 +41,7 @@ module! {
 struct Rsmc {
     // Dropped in declaration order: no new sockets, then devices, then debugfs.
     family: ffi::sock::FamilyRegistration,
+    smc_option: ffi::sock::SmcSynOption,
     client: ib::DeviceTracking,
     #[pin]
     debugfs: debugfs::Debugfs,
@@ -49,6 +56,7 @@ impl kernel::InPlaceModule for Rsmc {
                 debugfs::Debugfs::new()
             },
             client: ib::register()?,
+            smc_option: ffi::sock::SmcSynOption::enable(),
             family: af_smc::register()?,
         })
     }

@@ -14,7 +14,7 @@
 #[kernel::prelude::kunit_tests(rsmc_verbs)]
 mod tests {
     use crate::ffi::{
-        ib::{RegisteredDevice, RoceGid},
+        ib::{v4_mapped, RegisteredDevice, RoceGid},
         verbs::{
             Access, Cq, CqHandler, DmaBuffer, DmaDirection, Mr, Pd, Qp, RemoteQp, WcOpcode,
             WcStatus, WorkCompletion,
@@ -88,7 +88,7 @@ mod tests {
     impl Host {
         fn new(name: &CStr, addr: [u8; 4]) -> Result<Self> {
             let dev = RegisteredDevice::get_by_name(name)?;
-            let gid = dev.find_roce_v2_gid(addr)?;
+            let gid = dev.find_roce_v2_gid(v4_mapped(addr))?;
             let pd = Pd::new(&dev)?;
             let handler = Arc::new(
                 CountingHandler {
@@ -139,13 +139,10 @@ mod tests {
     fn connect() -> Result<(Host, Host)> {
         let a = Host::new(c"rxe_a", [192, 0, 2, 1])?;
         let b = Host::new(c"rxe_b", [192, 0, 2, 2])?;
-        let mtu_a = a.dev.active_mtu(a.gid.port)?;
-        let mtu_b = b.dev.active_mtu(b.gid.port)?;
-        let mtu = if mtu_a.code() <= mtu_b.code() {
-            mtu_a
-        } else {
-            mtu_b
-        };
+        let mtu = a
+            .dev
+            .active_mtu(a.gid.port)?
+            .path_with(b.dev.active_mtu(b.gid.port)?);
         for (local, local_psn, peer, peer_psn) in [(&a, PSN_A, &b, PSN_B), (&b, PSN_B, &a, PSN_A)] {
             let port = local.gid.port;
             local

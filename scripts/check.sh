@@ -121,6 +121,7 @@ if [ -n "$splats" ]; then
 fi
 
 echo "== rsmc check${flavour:+ (debug kernel)} =="
+grep -E '^time: ' "$vm_log" | sed 's/^time: /kselftest time: /' || true
 printf '%s\n' "${summary[@]}"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -13,8 +13,8 @@ if [ "${1:-}" = --debug ]; then
 fi
 kdir=${KDIR:-$("$here/kernel.sh" "${flavour[@]}")}
 kdir=$(cd "$kdir" && pwd)
-# Objects go outside the repository, one directory per kernel they target.
-out=$RSMC_CACHE/obj/${kdir//\//_}
+# Objects go outside the repository, one directory per kernel they target and checkout.
+out=$RSMC_CACHE/obj/${kdir//\//_}${top//\//_}
 mkdir -p "$out"
 make -s -C "$kdir" M="$top" MO="$out" LLVM="$KLLVM" RUSTC="$KRUSTC" CLIPPY_DRIVER=/usr/bin/clippy-driver \
 	"$@" modules >&2

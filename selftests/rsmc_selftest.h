@@ -3,13 +3,21 @@
 #ifndef RSMC_SELFTEST_H
 #define RSMC_SELFTEST_H
 
+#include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <linux/rsmc.h>
 
 #define RSMC_DEVICES_FILE "/sys/kernel/debug/rsmc/devices"
@@ -37,7 +45,7 @@ static inline int rsmc_enter_netns(const char *name)
  */
 static inline long rsmc_device_lookup(const char *device, char *netdev)
 {
-	char line[256], name[64], dev[16];
+	char line[1024], name[64], dev[16];
 	long napi_id, found = -1;
 	unsigned long long polls, cq_events, completions;
 	FILE *f = fopen(RSMC_DEVICES_FILE, "r");
@@ -55,6 +63,37 @@ static inline long rsmc_device_lookup(const char *device, char *netdev)
 	}
 	fclose(f);
 	return found;
+}
+
+/*
+ * The links @device has and the connections on them, from the end of its debugfs line
+ * ("... links <n> connections <n> dropped_cdc <n>"). Returns 0, or -1 if the device or the
+ * fields are missing.
+ */
+static inline int rsmc_device_links(const char *device, long *links, long *conns)
+{
+	char line[1024], name[64];
+	const char *at;
+	int ret = -1;
+	FILE *f = fopen(RSMC_DEVICES_FILE, "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%63s", name) != 1 || strcmp(name, device))
+			continue;
+		at = strstr(line, " links ");
+		if (at && sscanf(at, " links %ld connections %ld", links, conns) == 2)
+			ret = 0;
+	}
+	fclose(f);
+	return ret;
+}
+
+/* Whether this is the debug kernel (KASAN, lockdep, kmemleak): recognised by kmemleak. */
+static inline bool rsmc_debug_kernel(void)
+{
+	return !access("/sys/kernel/debug/kmemleak", F_OK);
 }
 
 static inline long rsmc_device_napi_id(const char *device)
@@ -83,6 +122,173 @@ static inline long rsmc_kernel_nr_cpus(void)
 	return nr;
 }
 
+/* All the fields of one device's line in RSMC_DEVICES_FILE. */
+struct rsmc_device_stats {
+	long napi_id;
+	char netdev[16];
+	unsigned long long polls;		/* NAPI polls, softirq and busy poll */
+	unsigned long long cq_events;		/* completion-queue events (interrupts) */
+	unsigned long long completions;		/* completions reaped, softirq and busy poll */
+	unsigned long long links;
+	unsigned long long connections;
+	unsigned long long dropped_cdc;
+	unsigned long long softirq_polls;	/* polls from softirq (events, deferral timer) */
+	unsigned long long softirq_completions;
+	unsigned long long busy_polls;		/* polls by threads spinning in napi_busy_loop */
+	unsigned long long busy_completions;
+};
+
+/* The number after " @name " in @line, to *@val; returns whether it is there. */
+static inline int rsmc_stats_field(const char *line, const char *name, unsigned long long *val)
+{
+	char key[64];
+	const char *at;
+
+	snprintf(key, sizeof(key), " %s ", name);
+	at = strstr(line, key);
+	return at && sscanf(at + strlen(key), "%llu", val) == 1;
+}
+
+/*
+ * Reads every counter of @device from RSMC_DEVICES_FILE into *@s, each field found by its
+ * name wherever it is on the line. Returns 0, or -1 if the device or a field is missing.
+ */
+static inline int rsmc_device_stats(const char *device, struct rsmc_device_stats *s)
+{
+	char line[1024], name[64];
+	unsigned long long napi_id = 0;
+	const char *at;
+	int ret = -1;
+	FILE *f = fopen(RSMC_DEVICES_FILE, "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%63s", name) != 1 || strcmp(name, device))
+			continue;
+		memset(s, 0, sizeof(*s));
+		at = strstr(line, " netdev ");
+		if (rsmc_stats_field(line, "napi_id", &napi_id) &&
+		    at && sscanf(at, " netdev %15s", s->netdev) == 1 &&
+		    rsmc_stats_field(line, "polls", &s->polls) &&
+		    rsmc_stats_field(line, "cq_events", &s->cq_events) &&
+		    rsmc_stats_field(line, "completions", &s->completions) &&
+		    rsmc_stats_field(line, "links", &s->links) &&
+		    rsmc_stats_field(line, "connections", &s->connections) &&
+		    rsmc_stats_field(line, "dropped_cdc", &s->dropped_cdc) &&
+		    rsmc_stats_field(line, "softirq_polls", &s->softirq_polls) &&
+		    rsmc_stats_field(line, "softirq_completions", &s->softirq_completions) &&
+		    rsmc_stats_field(line, "busy_polls", &s->busy_polls) &&
+		    rsmc_stats_field(line, "busy_completions", &s->busy_completions)) {
+			s->napi_id = napi_id;
+			ret = 0;
+		}
+	}
+	fclose(f);
+	return ret;
+}
+
+/* Reads one number from the file at @path (a sysctl, say) to *@val; returns 0 or -1. */
+static inline int rsmc_read_long(const char *path, long *val)
+{
+	FILE *f = fopen(path, "r");
+	int ok;
+
+	if (!f)
+		return -1;
+	ok = fscanf(f, "%ld", val) == 1;
+	fclose(f);
+	return ok ? 0 : -1;
+}
+
+/* Writes @text to the file at @path in one write; returns 0 or -1 with errno. */
+static inline int rsmc_write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	ssize_t len = strlen(text), n;
+
+	if (fd < 0)
+		return -1;
+	n = write(fd, text, len);
+	close(fd);
+	if (n >= 0 && n != len)
+		errno = EIO;
+	return n == len ? 0 : -1;
+}
+
+#define RSMC_NAPI_DEFER_FILE "/sys/kernel/debug/rsmc/napi_defer"
+
+/*
+ * Sets the interrupt deferral of @device's NAPI (napi_defer_hard_irqs and gro_flush_timeout,
+ * as the netdev sysfs files of those names); "0 0", off, is the default. Returns 0 or -1 with
+ * errno.
+ */
+static inline int rsmc_set_napi_defer(const char *device, unsigned int defer_hard_irqs,
+				      unsigned long long gro_flush_timeout_ns)
+{
+	char text[96];
+
+	snprintf(text, sizeof(text), "%s %u %llu\n", device, defer_hard_irqs,
+		 gro_flush_timeout_ns);
+	return rsmc_write_file(RSMC_NAPI_DEFER_FILE, text);
+}
+
+/* Reads @device's deferral back (a "<name> <defer> <timeout>" line); returns 0 or -1. */
+static inline int rsmc_get_napi_defer(const char *device, unsigned int *defer_hard_irqs,
+				      unsigned long long *gro_flush_timeout_ns)
+{
+	FILE *f = fopen(RSMC_NAPI_DEFER_FILE, "r");
+	char line[1024], name[64];
+	unsigned long long timeout;
+	unsigned int defer;
+	int ret = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%63s %u %llu", name, &defer, &timeout) == 3 &&
+		    !strcmp(name, device)) {
+			*defer_hard_irqs = defer;
+			*gro_flush_timeout_ns = timeout;
+			ret = 0;
+		}
+	fclose(f);
+	return ret;
+}
+
+/*
+ * Adds rxe_<side> (side 'a' or 'b') again if it is gone, as qemu/guest-setup creates it (in
+ * rsmc_<side> on veth_<side>), then waits (up to 10 s each) for its IPv4 and IPv6 GIDs
+ * (192.0.2.<n>, 2001:db8::<n>, n = 1 for a, 2 for b) and for rsmc to list it. Returns NULL
+ * once all is back, else what failed.
+ */
+static inline const char *rsmc_restore_rxe(char side)
+{
+	struct rsmc_device_stats s;
+	char cmd[512], dev[16];
+	int n = side - 'a' + 1, i;
+
+	snprintf(dev, sizeof(dev), "rxe_%c", side);
+	snprintf(cmd, sizeof(cmd), "/sys/class/infiniband/%s", dev);
+	if (access(cmd, F_OK)) {
+		snprintf(cmd, sizeof(cmd),
+			 "ip netns exec rsmc_%c rdma link add %s type rxe netdev veth_%c", side, dev,
+			 side);
+		if (system(cmd))
+			return "rdma link add";
+	}
+	snprintf(cmd, sizeof(cmd),
+		 "g=/sys/class/infiniband/%s/ports/1/gids; for _ in $(seq 200); do "
+		 "grep -qx 0000:0000:0000:0000:0000:ffff:c000:020%d $g/* 2>/dev/null && "
+		 "grep -qx 2001:0db8:0000:0000:0000:0000:0000:000%d $g/* 2>/dev/null && exit 0; "
+		 "sleep 0.05; done; exit 1", dev, n, n);
+	if (system(cmd))
+		return "waiting for the GIDs";
+	for (i = 0; i < 200 && rsmc_device_stats(dev, &s); i++)
+		usleep(50000);
+	return i < 200 ? NULL : "waiting for rsmc to list the device";
+}
+
 static inline int rsmc_delete_module(const char *name)
 {
 	return syscall(__NR_delete_module, name, O_NONBLOCK);
@@ -98,6 +304,136 @@ static inline int rsmc_load_module(const char *path)
 		return -1;
 	ret = syscall(__NR_finit_module, fd, "", 0);
 	close(fd);
+	return ret;
+}
+
+/* Socket I/O and timing; the assertions come from kselftest_harness.h, included first. */
+
+/* How long a test waits for an event that should come at once (the guest is slow). */
+#define EVENT_WAIT_MS 10000
+
+static inline double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static inline void msleep(int ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+static inline uint32_t xorshift32(uint32_t *state)
+{
+	uint32_t x = *state;
+
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	return *state = x;
+}
+
+/* A chunk size in [1, max], log-uniform so that small and large sizes both occur often. */
+static inline size_t random_chunk(uint32_t *state, size_t max)
+{
+	uint32_t bits = 1 + xorshift32(state) % 18;
+	size_t n = 1 + xorshift32(state) % (1u << bits);
+
+	return n < max ? n : max;
+}
+
+/* Returns the revents of @fd for @events within @ms (0 on timeout). */
+static inline int wait_events(struct __test_metadata *_metadata, int fd, int events, int ms)
+{
+	struct epoll_event ev = { .events = events }, out = {};
+	int ep = epoll_create1(EPOLL_CLOEXEC), n;
+
+	ASSERT_LE(0, ep) TH_LOG("epoll_create1: %s", strerror(errno));
+	ASSERT_EQ(0, epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev)) TH_LOG("epoll_ctl: %s", strerror(errno));
+	do
+		n = epoll_wait(ep, &out, 1, ms);
+	while (n < 0 && errno == EINTR);
+	ASSERT_LE(0, n) TH_LOG("epoll_wait: %s", strerror(errno));
+	close(ep);
+	return n ? (int)out.events : 0;
+}
+
+static inline int accept_within(struct __test_metadata *_metadata, int lfd, int flags)
+{
+	int fd;
+
+	ASSERT_NE(0, wait_events(_metadata, lfd, EPOLLIN, EVENT_WAIT_MS))
+		TH_LOG("no connection to accept");
+	fd = accept4(lfd, NULL, NULL, flags);
+	ASSERT_LE(0, fd) TH_LOG("accept4: %s", strerror(errno));
+	return fd;
+}
+
+static inline uint16_t sockaddr_port(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+	return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+}
+
+static inline ssize_t write_all(int fd, const void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = send(fd, (const char *)buf + done, len - done, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		done += n;
+	}
+	return done;
+}
+
+/* Reads exactly @len bytes, unless EOF (short count) or an error (-1) comes first. */
+static inline ssize_t read_all(int fd, void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = recv(fd, (char *)buf + done, len - done, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0)
+			break;
+		done += n;
+	}
+	return done;
+}
+
+/* ECONNABORTED where the device went (as stock SMC), ECONNRESET at the peer it aborted. */
+static inline bool is_abort_errno(int err)
+{
+	return err == ECONNABORTED || err == ECONNRESET || err == EPIPE;
+}
+
+static inline int set_int(int fd, int level, int opt, int val)
+{
+	return setsockopt(fd, level, opt, &val, sizeof(val));
+}
+
+static inline int get_int(int fd, int level, int opt, int *val)
+{
+	socklen_t len = sizeof(*val);
+	int ret = getsockopt(fd, level, opt, val, &len);
+
+	if (!ret && len != sizeof(*val))
+		errno = EMSGSIZE, ret = -1;
 	return ret;
 }
 

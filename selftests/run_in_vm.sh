@@ -13,10 +13,13 @@ done
 # In the Makefile's order: module_lifecycle, which unloads and reloads rsmc, comes last.
 for test in $(make -s print-tests); do
 	echo "### kselftest $test"
+	started=$SECONDS
 	timeout "${RSMC_TEST_TIMEOUT:-600}" "$out/$test"
 	echo "### exit $test $?"
-	# On the debug kernel, attribute leaks to the program after which they appear.
-	if [ -e /sys/kernel/debug/kmemleak ]; then
+	echo "time: $test took $((SECONDS - started)) s"
+	# RSMC_KMEMLEAK_EACH=1 (debug kernel): attribute leaks to the program after which they
+	# appear. Off by default: each scan of the guest's memory takes a while there.
+	if [ -n "${RSMC_KMEMLEAK_EACH:-}" ] && [ -e /sys/kernel/debug/kmemleak ]; then
 		echo scan >/sys/kernel/debug/kmemleak
 		echo "kmemleak after $test: $(grep -c unreferenced /sys/kernel/debug/kmemleak)" >&2
 	fi

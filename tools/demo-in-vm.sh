@@ -8,23 +8,36 @@ cd "$(dirname "$0")"
 pp=$PWD/out/pingpong
 iters=${RSMC_DEMO_ITERS:-2000}
 size=${RSMC_DEMO_SIZE:-1}
-busy_usecs=50
+# Spin for up to a round trip: ~50 µs on hardware, several hundred under TCG.
+busy_usecs=${RSMC_DEMO_BUSY_USECS:-1000}
 results=$(mktemp)
 port=7100
 
-# server FAMILY MODE: start a ping-pong server in rsmc_b on a fresh port.
+# server FAMILY MODE [BUSY_ARGS...]: start a ping-pong server in rsmc_b on a fresh port.
 server() {
 	port=$((port + 1))
-	ip netns exec rsmc_b "$pp" server -f "$1" -p "$port" -m "$2" >/dev/null 2>&1 &
+	ip netns exec rsmc_b "$pp" server -f "$1" -p "$port" -m "$2" "${@:3}" >/dev/null 2>&1 &
 	server_pid=$!
 	sleep 0.5
+}
+
+# set_defer ON: rsmc's NAPI interrupt deferral on both devices, on (1) or off (0).
+set_defer() {
+	local dev
+	[ -w /sys/kernel/debug/rsmc/napi_defer ] || return 0
+	for dev in rxe_a rxe_b; do
+		echo "$dev $(($1 * 1000)) $(($1 * 500000))" >/sys/kernel/debug/rsmc/napi_defer
+	done
 }
 
 # measure LABEL FAMILY MODE BUSY: one client run against a fresh server; appends a result line.
 measure() {
 	local label=$1 family=$2 mode=$3 busy=$4 busy_args=()
 	[ "$busy" = 1 ] && busy_args=(-b -B "$busy_usecs" --prefer)
-	server "$family" "$mode"
+	# Both ends spin, as qperf --cq_poll 1 does; with prefer, the NAPIs' interrupt deferral
+	# keeps completion interrupts off while they do.
+	set_defer "$busy"
+	server "$family" "$mode" "${busy_args[@]}"
 	if ip netns exec rsmc_a "$pp" client -a 192.0.2.2 -f "$family" -p "$port" -m "$mode" \
 		-s "$size" -n "$iters" "${busy_args[@]}" --label "$label" >>"$results"; then :
 	else

@@ -4,8 +4,11 @@
 #include <linux/netdevice.h>
 #include <linux/net.h>
 #include <linux/socket.h>
+#include <linux/in.h>
+#include <linux/in6.h>
 #include <net/busy_poll.h>
 #include <net/sock.h>
+#include <net/tcp.h>
 #include <rdma/ib_cache.h>
 #include <rdma/ib_verbs.h>
 #include "shim.h"

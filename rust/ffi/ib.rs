@@ -21,6 +21,15 @@ use kernel::{
     types::{ForeignOwnable, Opaque},
 };
 
+/// The RoCE v2 GID of an IPv4 address: the IPv4-mapped IPv6 address `::ffff:a.b.c.d`.
+pub(crate) fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
+    let mut gid = [0u8; 16];
+    gid[10] = 0xff;
+    gid[11] = 0xff;
+    gid[12..].copy_from_slice(&addr);
+    gid
+}
+
 /// Longest RDMA device name (`IB_DEVICE_NAME_MAX`).
 pub(crate) const DEVICE_NAME_MAX: usize = 64;
 
@@ -60,13 +69,9 @@ impl IbDevice {
         Some(unsafe { ARef::from_raw(NonNull::from(self).cast()) })
     }
 
-    /// Finds the RoCE v2 GID of the IPv4 address `addr` (`::ffff:a.b.c.d`) on any port, with
-    /// the MAC address of the netdev it belongs to.
-    pub(crate) fn find_roce_v2_gid(&self, addr: [u8; 4]) -> Result<RoceGid> {
-        let mut raw = [0u8; 16];
-        raw[10] = 0xff;
-        raw[11] = 0xff;
-        raw[12..].copy_from_slice(&addr);
+    /// Finds the RoCE v2 GID `raw` (an IPv6 address, or `::ffff:a.b.c.d` for IPv4, see
+    /// [`v4_mapped`]) on any port, with the MAC address of the netdev it belongs to.
+    pub(crate) fn find_roce_v2_gid(&self, raw: [u8; 16]) -> Result<RoceGid> {
         let gid = sys::ib_gid { raw };
         // SAFETY: The device is valid by the type invariant and `gid` outlives the call; a null
         // netdev matches any. A returned attribute holds a reference, dropped below.

@@ -19,7 +19,7 @@ use kernel::prelude::*;
 
 /// The C structs whose fields Rust reads or writes through bindgen's layout, with bindgen's
 /// size of each, in the order of `rsmc_c_struct_sizes` in shim.c.
-const LAYOUT_CHECKED: [(&str, usize); 24] = [
+const LAYOUT_CHECKED: [(&str, usize); 27] = [
     ("proto_accept_arg", size_of::<sys::proto_accept_arg>()),
     ("napi_struct", size_of::<sys::napi_struct>()),
     ("socket", size_of::<sys::socket>()),
@@ -44,6 +44,9 @@ const LAYOUT_CHECKED: [(&str, usize); 24] = [
     ("ib_cq_init_attr", size_of::<sys::ib_cq_init_attr>()),
     ("ib_port_attr", size_of::<sys::ib_port_attr>()),
     ("scatterlist", size_of::<sys::scatterlist>()),
+    ("msghdr", size_of::<sys::msghdr>()),
+    ("kvec", size_of::<sys::kvec>()),
+    ("wait_queue_entry", size_of::<sys::wait_queue_entry>()),
 ];
 
 /// Refuses to run if bindgen laid out any struct Rust touches differently from the compiler.
@@ -87,6 +90,12 @@ impl<T> StaticCell<T> {
     pub(crate) const fn get(&self) -> *mut T {
         self.0.get()
     }
+}
+
+/// A random 32-bit number (`get_random_u32`), e.g. for packet sequence numbers and host ids.
+pub(crate) fn random_u32() -> u32 {
+    // SAFETY: No preconditions.
+    unsafe { sys::get_random_u32() }
 }
 
 /// Copies a C `char` array (a NUL-terminated name in a fixed buffer) into `out`.

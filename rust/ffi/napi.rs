@@ -15,7 +15,7 @@
 
 use super::sys;
 use kernel::{
-    ffi::{c_int, c_void},
+    ffi::{c_int, c_ulong, c_void},
     prelude::*,
     sync::Arc,
 };
@@ -60,6 +60,13 @@ impl NapiContext {
         // SAFETY: By the type invariant this thread is polling `napi` and has not completed it
         // yet (checked above), the precondition of `napi_complete_done`.
         unsafe { sys::napi_complete_done(self.napi, done) }
+    }
+
+    /// Whether this poll is a busy poller's (a thread spinning in `napi_busy_loop`), not the
+    /// softirq's.
+    pub(crate) fn in_busy_poll(&self) -> bool {
+        // SAFETY: The NAPI is added and valid while it is polled (type invariant).
+        unsafe { sys::rsmc_napi_in_busy_poll(self.napi) }
     }
 
     /// Schedules the NAPI again (e.g. for events missed while re-arming); a no-op while this
@@ -157,6 +164,13 @@ impl NapiHandle {
     pub(crate) fn schedule(&self) {
         self.0.schedule();
     }
+
+    /// Waits until a poll running now (softirq or busy poller) has finished. Sleeps; the NAPI
+    /// must still be enabled (a disabled one stays marked scheduled).
+    pub(crate) fn synchronize(&self) {
+        // SAFETY: The NAPI is added (type invariant of `NapiDev`); waiting only reads its state.
+        unsafe { sys::rsmc_napi_synchronize(self.0.napi()) };
+    }
 }
 
 /// An enabled NAPI instance with its own dummy netdev, polled by a `T`.
@@ -199,6 +213,16 @@ impl<T: NapiPoll> Napi<T> {
     /// Asks the kernel to run the poll callback (softirq context) unless it already runs.
     pub(crate) fn schedule(&self) {
         self.dev.schedule();
+    }
+
+    /// Sets the NAPI's interrupt deferral (a netdev's `napi_defer_hard_irqs` and
+    /// `gro_flush_timeout`, per NAPI): after a poll with work, or after a busy poller that
+    /// prefers busy polling stops, up to `defer_hard_irqs` polls run from a timer every
+    /// `gro_flush_timeout_ns` instead of re-enabling events. Zeroes turn it off (the default).
+    pub(crate) fn set_defer(&self, defer_hard_irqs: u32, gro_flush_timeout_ns: u64) {
+        let timeout = c_ulong::try_from(gro_flush_timeout_ns).unwrap_or(c_ulong::MAX);
+        // SAFETY: The NAPI is valid (type invariant); the core reads both with READ_ONCE.
+        unsafe { sys::rsmc_napi_set_defer(self.dev.napi(), defer_hard_irqs, timeout) };
     }
 
     /// The poller this NAPI calls.

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* C wrappers for static inlines and macros; see shim.h. */
 #include <net/busy_poll.h>
+#include <net/tcp.h>
 #include "shim.h"
 
 const size_t rsmc_c_struct_sizes[] = {
@@ -11,6 +12,7 @@ const size_t rsmc_c_struct_sizes[] = {
 	sizeof(struct ib_send_wr), sizeof(struct ib_rdma_wr), sizeof(struct ib_reg_wr),
 	sizeof(struct ib_recv_wr), sizeof(struct ib_sge), sizeof(struct ib_wc),
 	sizeof(struct ib_cq_init_attr), sizeof(struct ib_port_attr), sizeof(struct scatterlist),
+	sizeof(struct msghdr), sizeof(struct kvec), sizeof(struct wait_queue_entry),
 };
 
 size_t rsmc_sizeof_sock(void)
@@ -204,4 +206,211 @@ dma_addr_t *rsmc_sg_dma_address(struct scatterlist *sg)
 unsigned int *rsmc_sg_dma_len(struct scatterlist *sg)
 {
 	return &sg_dma_len(sg);
+}
+
+void rsmc_sock_hold(struct sock *sk)
+{
+	sock_hold(sk);
+}
+
+void rsmc_sk_data_ready(struct sock *sk)
+{
+	sk->sk_data_ready(sk);
+}
+
+void rsmc_sk_write_space(struct sock *sk)
+{
+	sk->sk_write_space(sk);
+}
+
+void rsmc_sk_state_change(struct sock *sk)
+{
+	sk->sk_state_change(sk);
+}
+
+wait_queue_head_t *rsmc_sk_sleep(struct sock *sk)
+{
+	return sk_sleep(sk);
+}
+
+void rsmc_init_wait_woken(struct wait_queue_entry *wait)
+{
+	init_wait_func(wait, woken_wake_function);
+}
+
+long rsmc_sock_rcvtimeo(const struct sock *sk, bool noblock)
+{
+	return sock_rcvtimeo(sk, noblock);
+}
+
+long rsmc_sock_sndtimeo(const struct sock *sk, bool noblock)
+{
+	return sock_sndtimeo(sk, noblock);
+}
+
+int rsmc_sock_intr_errno(long timeo)
+{
+	return sock_intr_errno(timeo);
+}
+
+void rsmc_sk_set_rcvtimeo(struct sock *sk, long timeo)
+{
+	WRITE_ONCE(sk->sk_rcvtimeo, timeo);
+}
+
+void rsmc_sk_set_sndtimeo(struct sock *sk, long timeo)
+{
+	WRITE_ONCE(sk->sk_sndtimeo, timeo);
+}
+
+void rsmc_sock_poll_wait(struct file *filp, struct socket *sock, poll_table *p)
+{
+	sock_poll_wait(filp, sock, p);
+}
+
+bool rsmc_tcp_syn_smc(const struct sock *sk)
+{
+	return tcp_sk(sk)->syn_smc;
+}
+
+void rsmc_tcp_set_syn_smc(struct sock *sk, bool syn_smc)
+{
+	tcp_sk(sk)->syn_smc = syn_smc;
+}
+
+void rsmc_tcp_have_smc_inc(void)
+{
+	static_branch_inc(&tcp_have_smc);
+}
+
+void rsmc_tcp_have_smc_dec(void)
+{
+	static_branch_dec(&tcp_have_smc);
+}
+
+int rsmc_msg_flags(const struct msghdr *msg)
+{
+	return msg->msg_flags;
+}
+
+size_t rsmc_copy_from_iter(void *addr, size_t bytes, struct iov_iter *i)
+{
+	return copy_from_iter(addr, bytes, i);
+}
+
+size_t rsmc_copy_to_iter(const void *addr, size_t bytes, struct iov_iter *i)
+{
+	return copy_to_iter(addr, bytes, i);
+}
+
+void rsmc_napi_synchronize(const struct napi_struct *napi)
+{
+	napi_synchronize(napi);
+}
+
+int rsmc_sk_rcvbuf(const struct sock *sk)
+{
+	return READ_ONCE(sk->sk_rcvbuf);
+}
+
+bool rsmc_sk_linger_zero(const struct sock *sk)
+{
+	return sock_flag(sk, SOCK_LINGER) && !READ_ONCE(sk->sk_lingertime);
+}
+
+/* Swaps the data-ready callback and its user data as one step under sk_callback_lock. */
+rsmc_sk_callback rsmc_sk_swap_data_ready(struct sock *sk, rsmc_sk_callback ready, void *user,
+					 void **old_user)
+{
+	rsmc_sk_callback old;
+
+	write_lock_bh(&sk->sk_callback_lock);
+	old = sk->sk_data_ready;
+	*old_user = sk->sk_user_data;
+	sk->sk_data_ready = ready;
+	sk->sk_user_data = user;
+	write_unlock_bh(&sk->sk_callback_lock);
+	return old;
+}
+
+/* Swaps the error-report callback and its user data as one step under sk_callback_lock. */
+rsmc_sk_callback rsmc_sk_swap_error_report(struct sock *sk, rsmc_sk_callback report, void *user,
+					   void **old_user)
+{
+	rsmc_sk_callback old;
+
+	write_lock_bh(&sk->sk_callback_lock);
+	old = sk->sk_error_report;
+	*old_user = sk->sk_user_data;
+	sk->sk_error_report = report;
+	sk->sk_user_data = user;
+	write_unlock_bh(&sk->sk_callback_lock);
+	return old;
+}
+
+void *rsmc_sk_user_data_lock(struct sock *sk)
+{
+	read_lock_bh(&sk->sk_callback_lock);
+	return sk->sk_user_data;
+}
+
+void rsmc_sk_user_data_unlock(struct sock *sk)
+{
+	read_unlock_bh(&sk->sk_callback_lock);
+}
+
+bool rsmc_sk_is_listening(const struct sock *sk)
+{
+	return READ_ONCE(sk->sk_state) == TCP_LISTEN;
+}
+
+int rsmc_sock_error(struct sock *sk)
+{
+	return sock_error(sk);
+}
+
+void rsmc_lock_sock(struct sock *sk)
+{
+	lock_sock(sk);
+}
+
+int rsmc_sk_state(const struct sock *sk)
+{
+	return READ_ONCE(sk->sk_state);
+}
+
+void rsmc_sk_set_napi_id(struct sock *sk, unsigned int napi_id)
+{
+	WRITE_ONCE(sk->sk_napi_id, napi_id);
+}
+
+bool rsmc_sk_can_busy_loop(const struct sock *sk)
+{
+	return sk_can_busy_loop(sk);
+}
+
+bool rsmc_sk_busy_loop_timeout(struct sock *sk, unsigned long start_time)
+{
+	return sk_busy_loop_timeout(sk, start_time);
+}
+
+void rsmc_sk_busy_loop(struct sock *sk, bool (*loop_end)(void *, unsigned long), void *arg)
+{
+	unsigned int napi_id = READ_ONCE(sk->sk_napi_id);
+
+	if (napi_id_valid(napi_id))
+		napi_busy_loop(napi_id, loop_end, arg, READ_ONCE(sk->sk_prefer_busy_poll),
+			       READ_ONCE(sk->sk_busy_poll_budget) ?: BUSY_POLL_BUDGET);
+}
+
+bool rsmc_napi_in_busy_poll(const struct napi_struct *napi)
+{
+	return test_bit(NAPI_STATE_IN_BUSY_POLL, &napi->state);
+}
+
+void rsmc_napi_set_defer(struct napi_struct *napi, u32 defer_hard_irqs,
+			 unsigned long gro_flush_timeout)
+{
+	WRITE_ONCE(napi->defer_hard_irqs, defer_hard_irqs);
+	WRITE_ONCE(napi->gro_flush_timeout, gro_flush_timeout);
 }

@@ -10,6 +10,8 @@
 #include <net/sock.h>
 #include <linux/sockptr.h>
 #include <rdma/ib_verbs.h>
+#include <linux/tcp.h>
+#include <linux/uio.h>
 
 unsigned int rsmc_min_napi_id(void);
 
@@ -67,5 +69,48 @@ void rsmc_ib_dma_sync_single_for_device(struct ib_device *dev, u64 addr, size_t 
 					enum dma_data_direction dir);
 dma_addr_t *rsmc_sg_dma_address(struct scatterlist *sg);
 unsigned int *rsmc_sg_dma_len(struct scatterlist *sg);
+
+/* Sockets: wakeups, waiting, timeouts, TCP's SMC option. */
+void rsmc_sock_hold(struct sock *sk);
+void rsmc_sk_data_ready(struct sock *sk);
+void rsmc_sk_write_space(struct sock *sk);
+void rsmc_sk_state_change(struct sock *sk);
+wait_queue_head_t *rsmc_sk_sleep(struct sock *sk);
+void rsmc_init_wait_woken(struct wait_queue_entry *wait);
+long rsmc_sock_rcvtimeo(const struct sock *sk, bool noblock);
+long rsmc_sock_sndtimeo(const struct sock *sk, bool noblock);
+int rsmc_sock_intr_errno(long timeo);
+void rsmc_sk_set_rcvtimeo(struct sock *sk, long timeo);
+void rsmc_sk_set_sndtimeo(struct sock *sk, long timeo);
+void rsmc_sock_poll_wait(struct file *filp, struct socket *sock, poll_table *p);
+bool rsmc_tcp_syn_smc(const struct sock *sk);
+void rsmc_tcp_set_syn_smc(struct sock *sk, bool syn_smc);
+void rsmc_tcp_have_smc_inc(void);
+void rsmc_tcp_have_smc_dec(void);
+int rsmc_msg_flags(const struct msghdr *msg);
+size_t rsmc_copy_from_iter(void *addr, size_t bytes, struct iov_iter *i);
+size_t rsmc_copy_to_iter(const void *addr, size_t bytes, struct iov_iter *i);
+void rsmc_napi_synchronize(const struct napi_struct *napi);
+int rsmc_sk_rcvbuf(const struct sock *sk);
+typedef void (*rsmc_sk_callback)(struct sock *sk);
+rsmc_sk_callback rsmc_sk_swap_data_ready(struct sock *sk, rsmc_sk_callback ready, void *user,
+					 void **old_user);
+rsmc_sk_callback rsmc_sk_swap_error_report(struct sock *sk, rsmc_sk_callback report, void *user,
+					   void **old_user);
+void *rsmc_sk_user_data_lock(struct sock *sk);
+void rsmc_sk_user_data_unlock(struct sock *sk);
+bool rsmc_sk_is_listening(const struct sock *sk);
+void rsmc_lock_sock(struct sock *sk);
+int rsmc_sk_state(const struct sock *sk);
+int rsmc_sock_error(struct sock *sk);
+bool rsmc_sk_linger_zero(const struct sock *sk);
+
+void rsmc_sk_set_napi_id(struct sock *sk, unsigned int napi_id);
+bool rsmc_sk_can_busy_loop(const struct sock *sk);
+bool rsmc_sk_busy_loop_timeout(struct sock *sk, unsigned long start_time);
+void rsmc_sk_busy_loop(struct sock *sk, bool (*loop_end)(void *, unsigned long), void *arg);
+bool rsmc_napi_in_busy_poll(const struct napi_struct *napi);
+void rsmc_napi_set_defer(struct napi_struct *napi, u32 defer_hard_irqs,
+			 unsigned long gro_flush_timeout);
 
 #endif /* RSMC_SHIM_H */

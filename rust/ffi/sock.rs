@@ -14,11 +14,17 @@ use super::{
 use core::{
     marker::PhantomData,
     mem::{size_of, MaybeUninit},
+    ops::Deref,
+    pin::pin,
+    ptr::NonNull,
 };
 use kernel::{
     error::{from_result, to_result},
-    ffi::{c_int, c_uint, c_ulong, c_void},
+    ffi::{c_int, c_long, c_uint, c_ulong, c_void},
     prelude::*,
+    sync::aref::AlwaysRefCounted,
+    task::TASK_INTERRUPTIBLE,
+    types::Opaque,
     ThisModule,
 };
 
@@ -78,6 +84,15 @@ impl<'a, T: SocketFamily> Socket<'a, T> {
         to_result(unsafe { sys::sock_setsockopt(self.sock, SOL_SOCKET, name, val.as_raw(), len) })
     }
 
+    /// Registers the poll call's waiter on this socket's wait queue (`sock_poll_wait`), so
+    /// that the wakeups of [`Sock`] reach it.
+    pub(crate) fn poll_wait(&self, file: &mut File, wait: Option<&mut PollTable>) {
+        let wait = wait.map_or(core::ptr::null_mut(), |wait| wait.as_raw());
+        // SAFETY: The socket is valid by the type invariant; `file` and `wait` (may be null)
+        // come from the poll call being served.
+        unsafe { sys::rsmc_sock_poll_wait(file.as_raw(), self.sock, wait) };
+    }
+
     /// The socket's `struct sock`, for kernel calls made on its behalf.
     pub(crate) fn sk(&self) -> SockRef<'a> {
         // SAFETY: The socket is valid by the type invariant.
@@ -87,7 +102,7 @@ impl<'a, T: SocketFamily> Socket<'a, T> {
     }
 }
 
-/// A `struct sock` reference for the FFI layer's own calls (namespace, error reporting).
+/// A `struct sock` borrowed for the duration of a socket call.
 ///
 /// # Invariants
 ///
@@ -100,16 +115,226 @@ impl SockRef<'_> {
         // SAFETY: `sk` is valid by the type invariant; its namespace is fixed at creation.
         unsafe { sys::rsmc_sock_net(self.0) }
     }
+}
+
+impl Deref for SockRef<'_> {
+    type Target = Sock;
+
+    fn deref(&self) -> &Sock {
+        // SAFETY: `Sock` is a transparent wrapper of `struct sock`, valid for the borrow.
+        unsafe { &*self.0.cast::<Sock>() }
+    }
+}
+
+/// A `struct sock`, always behind a reference: a [`SockRef`] during a socket call, or an
+/// [`ARef<Sock>`] (`sock_hold`/`sock_put`) for code that runs later, such as completion
+/// handlers that wake the socket's waiters.
+///
+/// Only the socket's wait queue, callbacks and error are used through it, which stay valid
+/// after the socket is closed (an orphaned `sk` has no waiters to wake).
+#[repr(transparent)]
+pub(crate) struct Sock(Opaque<sys::sock>);
+
+// SAFETY: The socket's callbacks and wait queue may be used from any context.
+unsafe impl Send for Sock {}
+// SAFETY: As above; every method goes through the socket layer's own synchronisation.
+unsafe impl Sync for Sock {}
+
+// SAFETY: `sock_hold` and `sock_put` maintain the socket's reference count; the last put frees
+// it.
+unsafe impl AlwaysRefCounted for Sock {
+    fn inc_ref(&self) {
+        // SAFETY: The socket is valid: we hold a reference.
+        unsafe { sys::rsmc_sock_hold(self.0.get()) };
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: The caller gives up a reference it holds.
+        unsafe { sys::rsmc_sock_put(obj.as_ptr().cast()) };
+    }
+}
+
+impl Sock {
+    fn as_raw(&self) -> *mut sys::sock {
+        self.0.get()
+    }
 
     /// Sets the socket's pending error (`SO_ERROR`) unless one is pending already.
     pub(crate) fn set_error(&self, err: Error) {
-        // SAFETY: `sk` is valid by the type invariant; `sk_err` is read and written racily
-        // by design in the socket layer (READ_ONCE/WRITE_ONCE).
+        // SAFETY: `sk` is valid; `sk_err` is read and written racily by design in the socket
+        // layer (READ_ONCE/WRITE_ONCE).
         unsafe {
-            if sys::rsmc_sk_err(self.0) == 0 {
-                sys::rsmc_sk_set_err(self.0, -err.to_errno());
+            if sys::rsmc_sk_err(self.as_raw()) == 0 {
+                sys::rsmc_sk_set_err(self.as_raw(), -err.to_errno());
             }
         }
+    }
+
+    /// Takes the pending error (`sock_error`): reported once, as TCP reports a reset.
+    pub(crate) fn take_error(&self) -> Option<Error> {
+        // SAFETY: `sk` is valid; `sock_error` exchanges `sk_err` atomically.
+        let err = unsafe { sys::rsmc_sock_error(self.as_raw()) };
+        (err != 0).then(|| Error::from_errno(err))
+    }
+
+    /// Whether an error is pending (`SO_ERROR` would report one).
+    pub(crate) fn has_error(&self) -> bool {
+        // SAFETY: `sk` is valid; `sk_err` is read racily by design.
+        unsafe { sys::rsmc_sk_err(self.as_raw()) != 0 }
+    }
+
+    /// Whether `SO_LINGER` is on with a zero timeout: closing aborts the connection.
+    pub(crate) fn linger_zero(&self) -> bool {
+        // SAFETY: `sk` is valid; the flag and time are read racily by design.
+        unsafe { sys::rsmc_sk_linger_zero(self.as_raw()) }
+    }
+
+    /// Wakes readers (`sk_data_ready`: `EPOLLIN` waiters).
+    pub(crate) fn data_ready(&self) {
+        // SAFETY: `sk` is valid; its callbacks may run in any context.
+        unsafe { sys::rsmc_sk_data_ready(self.as_raw()) };
+    }
+
+    /// Wakes writers (`sk_write_space`: `EPOLLOUT` waiters).
+    pub(crate) fn write_space(&self) {
+        // SAFETY: As for `data_ready`.
+        unsafe { sys::rsmc_sk_write_space(self.as_raw()) };
+    }
+
+    /// Wakes every waiter (`sk_state_change`), for state changes, errors and shutdowns.
+    pub(crate) fn state_change(&self) {
+        // SAFETY: As for `data_ready`.
+        unsafe { sys::rsmc_sk_state_change(self.as_raw()) };
+    }
+
+    /// The receive timeout (`SO_RCVTIMEO`) in jiffies; 0 if `nonblock`.
+    pub(crate) fn rcvtimeo(&self, nonblock: bool) -> c_long {
+        // SAFETY: `sk` is valid.
+        unsafe { sys::rsmc_sock_rcvtimeo(self.as_raw(), nonblock) }
+    }
+
+    /// The send timeout (`SO_SNDTIMEO`) in jiffies; 0 if `nonblock`.
+    pub(crate) fn sndtimeo(&self, nonblock: bool) -> c_long {
+        // SAFETY: `sk` is valid.
+        unsafe { sys::rsmc_sock_sndtimeo(self.as_raw(), nonblock) }
+    }
+
+    /// The error a stream send fails with (`sk_stream_error`): the pending socket error if
+    /// any, and `SIGPIPE` for `EPIPE` unless `msg_flags` has `MSG_NOSIGNAL`.
+    pub(crate) fn stream_error(&self, msg_flags: i32, err: Error) -> Error {
+        // SAFETY: `sk` is valid; called on behalf of the sending task.
+        Error::from_errno(unsafe { sys::sk_stream_error(self.as_raw(), msg_flags, err.to_errno()) })
+    }
+
+    /// Makes busy polling on this socket spin on the NAPI instance `napi_id`
+    /// (`SO_INCOMING_NAPI_ID` reports it, epoll records it at each wakeup).
+    pub(crate) fn set_napi_id(&self, napi_id: u32) {
+        // SAFETY: `sk` is valid; `sk_napi_id` is read racily by design (READ_ONCE).
+        unsafe { sys::rsmc_sk_set_napi_id(self.as_raw(), napi_id) };
+    }
+
+    /// Busy-polls the socket's NAPI if busy polling is on for it (`SO_BUSY_POLL`,
+    /// `net.core.busy_read`), until `done` returns true, the socket's busy-poll time runs out
+    /// or a signal is pending; one poll if `nonblock`. `done` runs with preemption off: it
+    /// must not sleep.
+    pub(crate) fn busy_loop(&self, nonblock: bool, done: &dyn Fn() -> bool) {
+        // SAFETY: `sk` is valid.
+        if !unsafe { sys::rsmc_sk_can_busy_loop(self.as_raw()) } {
+            return;
+        }
+        let end = BusyLoopEnd { sk: self, done };
+        let (loop_end, arg): (BusyLoopEndFn, *mut c_void) = if nonblock {
+            (None, core::ptr::null_mut())
+        } else {
+            (Some(busy_loop_end), (&raw const end).cast_mut().cast())
+        };
+        // SAFETY: `sk` is valid. `napi_busy_loop` calls `loop_end` with `arg` only during
+        // this call, while `end` lives; a null `loop_end` makes it poll once.
+        unsafe { sys::rsmc_sk_busy_loop(self.as_raw(), loop_end, arg) };
+    }
+
+    /// Sleeps on the socket's wait queue until `done` returns true, for at most `*timeo`
+    /// jiffies (`MAX_SCHEDULE_TIMEOUT`: no limit), leaving the time left in `*timeo`.
+    ///
+    /// Fails with `EAGAIN` when the time runs out (at once if `*timeo` is 0) and with
+    /// `EINTR`/`ERESTARTSYS` on a signal. `done` runs after the waiter is queued, so a wakeup
+    /// between its check and the sleep is not lost; wakers change the state `done` reads,
+    /// then call [`Sock::data_ready`], [`Sock::write_space`] or [`Sock::state_change`].
+    pub(crate) fn wait_until(&self, timeo: &mut c_long, mut done: impl FnMut() -> bool) -> Result {
+        let wait = pin!(Opaque::<sys::wait_queue_entry>::uninit());
+        // SAFETY: `sk` is valid, and so is its wait queue (`sk_wq` is set while the socket
+        // has a file, for the duration of any socket call). The entry is pinned on this stack
+        // frame, initialised before it is queued and dequeued before the frame ends.
+        let head = unsafe {
+            sys::rsmc_init_wait_woken(wait.get());
+            let head = sys::rsmc_sk_sleep(self.as_raw());
+            sys::add_wait_queue(head, wait.get());
+            head
+        };
+        let result = loop {
+            if done() {
+                break Ok(());
+            }
+            if *timeo == 0 {
+                break Err(EAGAIN);
+            }
+            if kernel::current!().signal_pending() {
+                // SAFETY: No preconditions.
+                break Err(Error::from_errno(unsafe {
+                    sys::rsmc_sock_intr_errno(*timeo)
+                }));
+            }
+            // SAFETY: The entry is queued on `head` and was initialised for `wait_woken`.
+            // CAST: `TASK_INTERRUPTIBLE` is a small positive state bit.
+            *timeo = unsafe { sys::wait_woken(wait.get(), TASK_INTERRUPTIBLE as c_uint, *timeo) };
+        };
+        // SAFETY: Queued above, on the same head.
+        unsafe { sys::remove_wait_queue(head, wait.get()) };
+        result
+    }
+}
+
+/// What ends a [`Sock::busy_loop`].
+struct BusyLoopEnd<'a> {
+    sk: &'a Sock,
+    done: &'a dyn Fn() -> bool,
+}
+
+type BusyLoopEndFn = Option<unsafe extern "C" fn(*mut c_void, c_ulong) -> bool>;
+
+/// `napi_busy_loop`'s end check for [`Sock::busy_loop`]: as `sk_busy_loop_end`, with the
+/// caller's condition instead of a non-empty receive queue, and a pending signal.
+///
+/// # Safety
+///
+/// `arg` points to a live [`BusyLoopEnd`].
+unsafe extern "C" fn busy_loop_end(arg: *mut c_void, start_time: c_ulong) -> bool {
+    // SAFETY: The caller guarantees `arg` points to a live `BusyLoopEnd`.
+    let end = unsafe { &*arg.cast::<BusyLoopEnd<'_>>() };
+    (end.done)()
+        || kernel::current!().signal_pending()
+        // SAFETY: The socket is valid while it busy-polls.
+        || unsafe { sys::rsmc_sk_busy_loop_timeout(end.sk.as_raw(), start_time) }
+}
+
+/// Makes TCP put the SMC experimental option into the SYNs of sockets that ask for it
+/// ([`super::kernel_socket::KernelSocket::set_syn_smc`]) and answer it in SYN-ACKs, while any
+/// value of this type lives (the `tcp_have_smc` static key).
+pub(crate) struct SmcSynOption(());
+
+impl SmcSynOption {
+    /// Turns the option on.
+    pub(crate) fn enable() -> Self {
+        // SAFETY: No preconditions; balanced by `drop`.
+        unsafe { sys::rsmc_tcp_have_smc_inc() };
+        Self(())
+    }
+}
+
+impl Drop for SmcSynOption {
+    fn drop(&mut self) {
+        // SAFETY: Balances the increment in `enable`.
+        unsafe { sys::rsmc_tcp_have_smc_dec() };
     }
 }
 
@@ -136,6 +361,8 @@ pub(crate) trait SocketFamily: Sized + 'static {
     fn listen(sock: &Socket<'_, Self>, backlog: i32) -> Result;
     /// `accept(2)`: returns the state of the accepted socket.
     fn accept(sock: &Socket<'_, Self>, flags: i32) -> Result<Self::State>;
+    /// The socket [`SocketFamily::accept`] made state for exists now.
+    fn accepted(sock: &Socket<'_, Self>);
     /// `getsockname(2)` (`peer` false) or `getpeername(2)`; returns the address length.
     fn getname(sock: &Socket<'_, Self>, addr: &mut SockAddrOut, peer: bool) -> Result<i32>;
     /// Readiness for `poll`/`select`/`epoll` (`EPOLL*` bits).
@@ -393,6 +620,9 @@ socket_call!(
                 })?;
                 (*newsock).state = sys::socket_state_SS_CONNECTED;
             }
+            // SAFETY: `newsock` now has an `sk` of this family with initialised state, and
+            // stays valid for this call.
+            T::accepted(&unsafe { Socket::<T>::from_raw(newsock) });
             Ok(0)
         })
     }

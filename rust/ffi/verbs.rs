@@ -15,11 +15,12 @@
 //! copies in and out with volatile accesses, as `kernel::dma` does for memory shared with a
 //! device.
 
-use super::{ib::RegisteredDevice, sys};
+use super::{ib::RegisteredDevice, kernel_socket::MsgHdr, sys};
 use crate::proto::clc::PathMtu;
 use core::{
     alloc::Layout,
     ops::BitOr,
+    pin::Pin,
     ptr::{self, NonNull},
 };
 use kernel::{
@@ -29,7 +30,7 @@ use kernel::{
     fmt,
     page::PAGE_SIZE,
     prelude::*,
-    sync::{aref::ARef, Arc},
+    sync::{aref::ARef, new_spinlock_irq, Arc, SpinLockIrq},
 };
 
 /// The name the RDMA core records as the owner of our objects (`KBUILD_MODNAME`).
@@ -40,7 +41,12 @@ const HOP_LIMIT: u8 = 1;
 /// Receiver-not-ready NAK timer code (0.06 ms), as `SMC_QP_MIN_RNR_TIMER`.
 const MIN_RNR_TIMER: u8 = 5;
 /// Local ACK timeout code (about 134 ms), as `SMC_QP_TIMEOUT`.
+#[cfg(not(CONFIG_KASAN))]
 const ACK_TIMEOUT: u8 = 15;
+/// On debug kernels (KASAN) under emulation rxe may not acknowledge for over a second when
+/// dozens of connections start at once, which would exhaust the retries: about 1.07 s.
+#[cfg(CONFIG_KASAN)]
+const ACK_TIMEOUT: u8 = 18;
 /// Transport retries, as `SMC_QP_RETRY_CNT`.
 const RETRY_COUNT: u8 = 7;
 /// Receiver-not-ready retries: 7 means forever, as `SMC_QP_RNR_RETRY`.
@@ -446,6 +452,55 @@ impl DmaBuffer {
         Ok(())
     }
 
+    /// Copies `len` bytes from the data of `msg` into the buffer at `offset` and hands them to
+    /// the device; returns how many were copied (fewer only if user memory faulted).
+    pub(crate) fn copy_from_msg(
+        &self,
+        offset: usize,
+        msg: &mut MsgHdr,
+        len: usize,
+    ) -> Result<usize> {
+        self.check_range(offset, len)?;
+        // SAFETY: `offset + len` lies inside the allocation (type invariant, checked above);
+        // the copy races at worst with the device reading the same bytes, which the
+        // connection's cursors rule out.
+        let copied = unsafe {
+            sys::rsmc_copy_from_iter(self.ptr.as_ptr().add(offset).cast(), len, msg.iter())
+        };
+        // SAFETY: The range is mapped (type invariant, checked above).
+        unsafe {
+            sys::rsmc_ib_dma_sync_single_for_device(
+                self.dev.as_raw(),
+                self.dma + offset as u64,
+                copied,
+                self.dir.raw(),
+            )
+        };
+        Ok(copied)
+    }
+
+    /// Takes `len` bytes at `offset` back from the device and copies them into the data of
+    /// `msg`; returns how many were copied (fewer only if user memory faulted).
+    pub(crate) fn copy_to_msg(&self, offset: usize, msg: &mut MsgHdr, len: usize) -> Result<usize> {
+        self.check_range(offset, len)?;
+        // SAFETY: The range is mapped (type invariant, checked above).
+        unsafe {
+            sys::rsmc_ib_dma_sync_single_for_cpu(
+                self.dev.as_raw(),
+                self.dma + offset as u64,
+                len,
+                self.dir.raw(),
+            )
+        };
+        // SAFETY: `offset + len` lies inside the allocation; the device no longer writes these
+        // bytes (the peer's producer cursor moved past them).
+        Ok(
+            unsafe {
+                sys::rsmc_copy_to_iter(self.ptr.as_ptr().add(offset).cast(), len, msg.iter())
+            },
+        )
+    }
+
     /// Describes `offset..offset + len` of the buffer for a work request, with the key that
     /// grants access to it (e.g. [`Pd::local_dma_lkey`]).
     pub(crate) fn sge(&self, offset: usize, len: usize, lkey: u32) -> Result<Sge<'_>> {
@@ -594,20 +649,26 @@ pub(crate) struct RemoteQp {
 /// # Invariants
 ///
 /// `qp` is a QP created on `pd` with `_send_cq` and `_recv_cq`, destroyed only on drop. Every
-/// buffer and memory region a posted work request may touch is in `buffers` or `mrs`.
+/// buffer and memory region a posted work request may touch is in `memory`.
 pub(crate) struct Qp {
     qp: NonNull<sys::ib_qp>,
     // Dropped in this order, after the QP is destroyed: what its work requests touched, the
     // CQs, then the PD (which the MRs need until they are deregistered).
-    buffers: KVec<Arc<DmaBuffer>>,
-    mrs: KVec<Arc<Mr>>,
+    memory: Pin<KBox<SpinLockIrq<QpMemory>>>,
     _send_cq: Arc<Cq>,
     _recv_cq: Arc<Cq>,
     pd: Arc<Pd>,
 }
 
+/// The buffers and memory regions a queue pair's work requests may touch. Locked with IRQs off:
+/// work requests are posted from process context and from NAPI polls.
+struct QpMemory {
+    buffers: KVec<Arc<DmaBuffer>>,
+    mrs: KVec<Arc<Mr>>,
+}
+
 // SAFETY: The QP is only used through the RDMA core's thread-safe API (drivers lock around
-// posting); the vectors are only changed through `&mut Qp`.
+// posting); the lists are behind a lock.
 unsafe impl Send for Qp {}
 // SAFETY: As above.
 unsafe impl Sync for Qp {}
@@ -644,8 +705,13 @@ impl Qp {
         // INVARIANT: `qp` was just created; nothing is posted yet.
         Ok(Self {
             qp: NonNull::new(qp).ok_or(ENOMEM)?,
-            buffers: KVec::new(),
-            mrs: KVec::new(),
+            memory: KBox::pin_init(
+                new_spinlock_irq!(QpMemory {
+                    buffers: KVec::new(),
+                    mrs: KVec::new(),
+                }),
+                GFP_KERNEL,
+            )?,
             _send_cq: send_cq.clone(),
             _recv_cq: recv_cq.clone(),
             pd: pd.clone(),
@@ -765,17 +831,53 @@ impl Qp {
     /// Lets this queue pair's work requests use `buf` (of the same device): the `post_*`
     /// methods refuse other buffers, and `buf` stays mapped until the queue pair is destroyed,
     /// so the device never touches freed memory.
-    pub(crate) fn attach(&mut self, buf: Arc<DmaBuffer>) -> Result {
+    pub(crate) fn attach(&self, buf: Arc<DmaBuffer>) -> Result {
         if !ptr::eq(&*buf.dev, &*self.pd.dev) {
             return Err(EINVAL);
         }
-        self.buffers.push(buf, GFP_KERNEL)?;
+        self.memory.lock().buffers.push(buf, GFP_ATOMIC)?;
         Ok(())
+    }
+
+    /// Takes back from this queue pair a buffer [`Qp::attach`] gave it.
+    ///
+    /// # Safety
+    ///
+    /// No work request posted on this queue pair that names `buf` may be outstanding.
+    pub(crate) unsafe fn detach_buffer(&self, buf: &Arc<DmaBuffer>) {
+        let mut memory = self.memory.lock();
+        if let Some(i) = memory.buffers.iter().position(|b| Arc::ptr_eq(b, buf)) {
+            // The reference is dropped unlocked below: a buffer's destructor unmaps it.
+            let taken = memory.buffers.remove(i);
+            drop(memory);
+            drop(taken);
+        }
+    }
+
+    /// Takes back from this queue pair a memory region [`Qp::post_reg_mr`] registered.
+    ///
+    /// # Safety
+    ///
+    /// No work request posted on this queue pair that names `mr` may be outstanding.
+    pub(crate) unsafe fn detach_mr(&self, mr: &Arc<Mr>) {
+        let mut memory = self.memory.lock();
+        if let Some(i) = memory.mrs.iter().position(|m| Arc::ptr_eq(m, mr)) {
+            let taken = memory.mrs.remove(i);
+            drop(memory);
+            drop(taken);
+        }
     }
 
     /// The `ib_sge` for `local` if the device may move data `dir` through it.
     fn ib_sge(&self, local: &Sge<'_>, dir: DmaDirection) -> Result<sys::ib_sge> {
-        if local.buf.dir != dir || !self.buffers.iter().any(|b| ptr::eq(&**b, local.buf)) {
+        let attached = || {
+            self.memory
+                .lock()
+                .buffers
+                .iter()
+                .any(|b| ptr::eq(&**b, local.buf))
+        };
+        if local.buf.dir != dir || !attached() {
             return Err(EINVAL);
         }
         Ok(sys::ib_sge {
@@ -859,12 +961,15 @@ impl Qp {
     /// Posts the fast registration of `mr` (of this queue pair's PD) with `access` for peers;
     /// its completion (always reported, opcode [`WcOpcode::RegMr`]) makes [`Mr::rkey`] valid.
     /// The queue pair keeps `mr` until it is destroyed.
-    pub(crate) fn post_reg_mr(&mut self, wr_id: u64, mr: &Arc<Mr>, access: Access) -> Result {
+    pub(crate) fn post_reg_mr(&self, wr_id: u64, mr: &Arc<Mr>, access: Access) -> Result {
         if !Arc::ptr_eq(&mr.pd, &self.pd) {
             return Err(EINVAL);
         }
-        if !self.mrs.iter().any(|m| Arc::ptr_eq(m, mr)) {
-            self.mrs.push(mr.clone(), GFP_KERNEL)?;
+        {
+            let mut memory = self.memory.lock();
+            if !memory.mrs.iter().any(|m| Arc::ptr_eq(m, mr)) {
+                memory.mrs.push(mr.clone(), GFP_ATOMIC)?;
+            }
         }
         let mut wr = sys::ib_reg_wr {
             mr: mr.mr.as_ptr(),
@@ -876,7 +981,7 @@ impl Qp {
         wr.wr.opcode = sys::ib_wr_opcode_IB_WR_REG_MR;
         wr.wr.send_flags = send_flags(true);
         // SAFETY: `wr` is a valid registration request starting with its `ib_send_wr`; the MR
-        // is in `self.mrs`, alive until the QP is gone.
+        // is in `self.memory`, alive until the QP is gone.
         unsafe { self.post_send_wr((&raw const wr).cast()) }
     }
 }

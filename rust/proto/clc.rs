@@ -25,7 +25,7 @@
 //! | 8      | 8    | peer id (random, identifies the sending host)              |
 //! | 16     | 16   | GID                                                        |
 //! | 32     | 6    | MAC address                                                |
-//! | 38     | 1    | link id                                                    |
+//! | 38     | 1    | link id: nonzero if the QP is an existing link's (reused)  |
 //! | 39     | 1    | path MTU code, 1..=5 for 256..=4096 bytes                  |
 //! | 40     | 3    | QP number                                                  |
 //! | 43     | 3    | initial packet sequence number                             |
@@ -144,6 +144,15 @@ impl PathMtu {
     pub const fn bytes(self) -> u32 {
         128 << self.code()
     }
+
+    /// Returns the smaller of `self` and `other`: the MTU of a path between the two.
+    pub const fn path_with(self, other: Self) -> Self {
+        if self.code() <= other.code() {
+            self
+        } else {
+            other
+        }
+    }
 }
 
 /// Reason code of a decline message.
@@ -219,6 +228,9 @@ impl DeclineCode {
     pub const SYNCERR: Self = Self(0x0400_0000);
     /// The peer declined during the handshake.
     pub const PEERDECL: Self = Self(0x0500_0000);
+    /// rsmc: the link the client offered to reuse is gone on the server's side; the client
+    /// proposes again with a new link on the same TCP connection.
+    pub const NOCLNTLINK: Self = Self(0x030B_0100);
     /// Internal error.
     pub const INTERR: Self = Self(0x0999_0000);
     /// Internal error: rtoken handling failed.
@@ -281,7 +293,8 @@ pub struct Endpoint {
     pub gid: [u8; 16],
     /// MAC address of the sender's RDMA port.
     pub mac: [u8; 6],
-    /// Link identifier.
+    /// Nonzero if the queue pair is that of an existing link between the two devices, which
+    /// the connection reuses; 0 for a new queue pair.
     pub link_id: u8,
     /// Path MTU.
     pub mtu: PathMtu,
@@ -719,6 +732,12 @@ mod tests {
         for code in 1..=5 {
             assert_eq!(PathMtu::from_code(code).map(PathMtu::code), Some(code));
         }
+        assert_eq!(
+            PathMtu::Mtu4096.path_with(PathMtu::Mtu1024),
+            PathMtu::Mtu1024
+        );
+        assert_eq!(PathMtu::Mtu512.path_with(PathMtu::Mtu2048), PathMtu::Mtu512);
+        assert_eq!(PathMtu::Mtu256.path_with(PathMtu::Mtu256), PathMtu::Mtu256);
     }
 
     #[test]

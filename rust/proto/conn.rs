@@ -247,14 +247,19 @@ impl Conn {
 
     /// Returns whether a CDC message with our consumer cursor should be sent now.
     ///
-    /// It should if bytes consumed but not reported reach a quarter of our ring, or if the peer
-    /// flagged `write_blocked` or `cons_update_requested` in its last message and anything was
-    /// consumed since our last report.
+    /// It should if bytes consumed but not reported reach a quarter of our ring; if the peer
+    /// flagged `write_blocked` in its last message and they reach a sixteenth; or if it flagged
+    /// `cons_update_requested` and anything was consumed since our last report.
+    ///
+    /// The sixteenth keeps a blocked writer from being fed the window a few bytes at a time
+    /// (each a round trip) while the reader takes small reads; it cannot stall the writer,
+    /// which blocks only with our whole ring full.
     pub fn cons_update_due(&self) -> bool {
-        let unreported = self.unreported();
+        let unreported = u64::from(self.unreported());
+        let ring = u64::from(self.own_ring.get());
         unreported > 0
-            && (u64::from(unreported) * 4 >= u64::from(self.own_ring.get())
-                || self.peer.write_blocked
+            && (unreported * 4 >= ring
+                || (self.peer.write_blocked && unreported * 16 >= ring)
                 || self.peer.cons_update_requested)
     }
 
@@ -829,6 +834,28 @@ mod tests {
         // No write_blocked once writing is shut down.
         a.shutdown_write();
         assert!(!a.next_cdc().flags.write_blocked);
+    }
+
+    #[test]
+    fn blocked_writer_gets_a_sixteenth_at_least() {
+        let mut a = Conn::new(const { size(1024) }, const { size(1024) }, TOKEN);
+        let mut b = Conn::new(const { size(1024) }, const { size(1024) }, TOKEN);
+        assert!(a.produce(1024).is_some());
+        a.set_write_blocked(true);
+        assert!(b.on_cdc(&a.next_cdc()).is_ok());
+        assert!(b.consume(63));
+        assert!(!b.cons_update_due());
+        assert!(b.consume(1));
+        assert!(b.cons_update_due());
+        // Unblocked, the writer hears at a quarter.
+        let mut c = Conn::new(const { size(1024) }, const { size(1024) }, TOKEN);
+        let mut d = Conn::new(const { size(1024) }, const { size(1024) }, TOKEN);
+        assert!(c.produce(1024).is_some());
+        assert!(d.on_cdc(&c.next_cdc()).is_ok());
+        assert!(d.consume(255));
+        assert!(!d.cons_update_due());
+        assert!(d.consume(1));
+        assert!(d.cons_update_due());
     }
 
     #[test]

@@ -16,4 +16,46 @@
 #define SMCPROTO_SMC  0
 #define SMCPROTO_SMC6 1
 
+#include <linux/types.h>
+
+/* Socket option level of AF_SMC sockets, as for stock SMC. */
+#ifndef SOL_SMC
+#define SOL_SMC 286
+#endif
+
+/*
+ * getsockopt(fd, SOL_SMC, RSMC_INFO, &info, &len): how the connection moves its data.
+ * Copies min(len, sizeof(struct rsmc_info)) bytes and sets len to that; read-only.
+ */
+#define RSMC_INFO 64
+
+/* rsmc_info.mode */
+#define RSMC_MODE_NONE	0 /* not connected yet, or the handshake has not finished */
+#define RSMC_MODE_RDMA	1 /* data moves over RDMA */
+#define RSMC_MODE_TCP	2 /* fell back to the internal TCP connection */
+
+/*
+ * rsmc_info.fallback_reason and peer_decline_code: the decline codes of the CLC handshake
+ * (the values of stock SMC's SMC_CLC_DECL_*). The ones rsmc reports itself:
+ */
+#define RSMC_DECL_MEM		0x01010000 /* out of memory for the connection's buffers */
+#define RSMC_DECL_TIMEOUT_CL	0x02010000 /* no answer to a handshake message in time */
+#define RSMC_DECL_CNFERR	0x03000000 /* the RDMA link could not be set up */
+#define RSMC_DECL_PEERNOSMC	0x03010000 /* the peer is plain TCP (no SMC option in its SYN) */
+#define RSMC_DECL_NOSMCRDEV	0x03030002 /* no RDMA device for the route */
+#define RSMC_DECL_VERSMISMAT	0x030C0000 /* peer speaks another handshake version */
+#define RSMC_DECL_PEERDECL	0x05000000 /* the peer declined: see peer_decline_code */
+#define RSMC_DECL_SYNCERR	0x04000000 /* malformed or unexpected handshake message */
+
+struct rsmc_info {
+	__u32 mode;		/* RSMC_MODE_* */
+	__u32 fallback_reason;	/* RSMC_DECL_* when mode is RSMC_MODE_TCP, else 0 */
+	__u32 peer_decline_code; /* the peer's code when fallback_reason is RSMC_DECL_PEERDECL */
+	__u32 reserved;
+	__u64 rdma_tx_bytes;	/* payload bytes this socket RDMA-wrote to the peer */
+	__u64 rdma_rx_bytes;	/* payload bytes read from the ring the peer RDMA-writes */
+	__u64 tcp_tx_bytes;	/* payload bytes sent over the internal TCP connection */
+	__u64 tcp_rx_bytes;	/* payload bytes received over the internal TCP connection */
+};
+
 #endif /* _UAPI_LINUX_RSMC_H */

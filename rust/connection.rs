@@ -1,0 +1,988 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One `AF_SMC` connection over RDMA: its receive ring and send buffer on a [`Link`], and the
+//! data path (net/smc's smc_core buffers, smc_cdc, smc_tx, smc_rx and smc_close in one place).
+//!
+//! The sender copies user data into its send buffer at the offsets the bytes get in the peer's
+//! receive ring, RDMA-WRITEs them there, then SENDs a CDC message with its new producer cursor.
+//! An RC queue pair places an RDMA WRITE before a SEND posted after it, so when the message
+//! arrives the bytes it announces are in the ring. SEND rather than WRITE_WITH_IMM: a cursor
+//! message carries a token, two cursors and flags (44 bytes, stock SMC's CDC format), more than
+//! the 32 bits of immediate data. The receiver reports its consumer cursor the same way when
+//! [`Conn::cons_update_due`] says so.
+//!
+//! Flow control, cursors and shutdown flags are [`Conn`]'s (the pure core); this file moves
+//! bytes and turns its answers into work requests and wakeups.
+//!
+//! The receive ring stays registered until the peer can no longer write to it: a connection
+//! closed before its peer stays on the link until the peer's close (or abort) arrives, or the
+//! link ends; a write into a deregistered ring would fail the peer's whole link.
+//!
+//! Completions arrive through the device's NAPI poll, via the link; everything they touch is
+//! behind IRQ-safe spinlocks, and copies to and from user memory happen unlocked, serialised
+//! per direction by `tx_lock` and `rx_lock` (the socket lock's role). Lock order: a
+//! connection's `state`, then its `link` slot, then the link's own lock.
+
+use crate::{
+    ffi::{
+        ib::RoceGid,
+        kernel_socket::{HookedEvent, KernelSocket, MsgHdr, SockEvents, SockHook},
+        sock::Sock,
+        verbs::{DmaBuffer, DmaDirection, Mr},
+    },
+    ib::Device,
+    link::{Finished, Link},
+    proto::{
+        cdc,
+        conn::{Changes, Conn},
+        ring::{RingSize, Segments},
+    },
+};
+use kernel::{
+    ffi::c_long,
+    new_mutex,
+    prelude::*,
+    sync::{
+        aref::ARef,
+        atomic::{Atomic, Relaxed},
+        new_condvar, new_spinlock, new_spinlock_irq, Arc, ArcBorrow, CondVar, CondVarTimeoutResult,
+        Mutex, SetOnce, SpinLock, SpinLockIrq,
+    },
+    time::{delay::fsleep, msecs_to_jiffies, Delta, Instant, Monotonic},
+    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
+};
+
+/// Send credits one send step needs: two RDMA WRITEs (the bytes may wrap around the end of
+/// the ring) and the SEND of the cursor message.
+pub(crate) const WRS_PER_SEND: u32 = 3;
+/// How long the registration of the receive ring may take, in milliseconds.
+const REGISTER_TIMEOUT_MS: u32 = 5000;
+/// How long closing waits for the last cursor message to leave, in milliseconds.
+const CLOSE_TIMEOUT_MS: u32 = 3000;
+
+/// `MSG_DONTWAIT`.
+const MSG_DONTWAIT: i32 = 0x40;
+/// `MSG_PEEK`.
+const MSG_PEEK: i32 = 0x2;
+/// `MSG_WAITALL`.
+const MSG_WAITALL: i32 = 0x100;
+/// `MSG_OOB`.
+const MSG_OOB: i32 = 0x1;
+
+/// `EPOLL*` bits `poll` reports.
+pub(crate) mod epoll {
+    pub(crate) const IN: u32 = 0x001;
+    pub(crate) const OUT: u32 = 0x004;
+    pub(crate) const ERR: u32 = 0x008;
+    pub(crate) const HUP: u32 = 0x010;
+    pub(crate) const RDNORM: u32 = 0x040;
+    pub(crate) const WRNORM: u32 = 0x100;
+    pub(crate) const RDHUP: u32 = 0x2000;
+}
+
+/// A connection's receive ring, as the handshake describes it to the peer.
+pub(crate) struct RingEndpoint {
+    pub(crate) rkey: u32,
+    pub(crate) addr: u64,
+    pub(crate) size: RingSize,
+}
+
+/// The peer's receive ring and the connection's token, from the handshake.
+pub(crate) struct PeerRing {
+    pub(crate) rkey: u32,
+    pub(crate) addr: u64,
+    pub(crate) size: RingSize,
+    pub(crate) token: u32,
+}
+
+/// The connection's state shared with its completion handlers.
+struct State {
+    conn: Conn,
+    /// Where the peer's receive ring is.
+    peer_ring_addr: u64,
+    peer_rkey: u32,
+    /// This connection's work requests in flight on the link.
+    inflight: u32,
+    /// A cursor message is owed but the link had no send credit: sent when it has.
+    cdc_owed: bool,
+    /// The receive ring's registration completed.
+    registered: bool,
+    /// The connection failed: every further call reports this.
+    error: Option<Error>,
+    /// The link failed: the peer cannot write any more.
+    link_dead: bool,
+    /// `shutdown(SHUT_RD)`.
+    rd_shut: bool,
+    /// Closing: errors of outstanding work requests are expected.
+    closing: bool,
+    /// Off the link, buffers released (once).
+    released: bool,
+}
+
+/// A connection's buffers, and the device they are on.
+struct Resources {
+    /// Our receive ring, which the peer RDMA-writes.
+    rx_ring: Arc<Mr>,
+    /// The bytes we RDMA-write to the peer, at the offsets they get in its ring; allocated
+    /// once the peer's ring size is known.
+    tx_buf: Option<Arc<DmaBuffer>>,
+    device: Arc<Device>,
+    /// The device's port the connection is on.
+    gid: RoceGid,
+}
+
+/// An RDMA connection.
+#[pin_data]
+pub(crate) struct Connection {
+    #[pin]
+    state: SpinLockIrq<State>,
+    /// Notified when work requests finish or the connection fails, for the handshake and
+    /// close paths that wait for that.
+    #[pin]
+    state_changed: CondVar,
+    /// The link, once joined; taken on release.
+    #[pin]
+    link: SpinLockIrq<Option<Arc<Link>>>,
+    /// The token cursor messages carry, nonzero once the handshake assigned it; read by the
+    /// link under its own lock, hence not in `state`.
+    token: Atomic<u32>,
+    /// What the connection holds on its device; taken on release, so that a removed device
+    /// is not kept waiting for the socket to close.
+    #[pin]
+    resources: SpinLockIrq<Option<Resources>>,
+    /// The socket to wake; set once the connection belongs to one.
+    sk: SetOnce<ARef<Sock>>,
+    /// Watches the handshake's TCP connection while the socket is open: its reset (the
+    /// peer's device went, or its keepalive failed) ends this connection too. Dropped when the
+    /// socket closes, so that the TCP connection closes with it (and the side that closes
+    /// first keeps the port in TIME_WAIT, as with TCP).
+    #[pin]
+    tcp_watch: SpinLock<Option<SockHook<Connection>>>,
+    /// One sender and one receiver at a time, as the socket lock gives TCP.
+    #[pin]
+    tx_lock: Mutex<()>,
+    #[pin]
+    rx_lock: Mutex<()>,
+    rdma_tx_bytes: Atomic<u64>,
+    rdma_rx_bytes: Atomic<u64>,
+    /// Releases a closed connection once its peer closed too (from the completion handler).
+    #[pin]
+    release_work: Work<Connection>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for Connection { self.release_work }
+}
+
+impl Connection {
+    /// A connection on `device` (whose port has `gid`) with a receive ring of `ring_size`
+    /// bytes, on no link yet.
+    pub(crate) fn new(device: Arc<Device>, gid: RoceGid, ring_size: RingSize) -> Result<Arc<Self>> {
+        let ring = DmaBuffer::new(
+            device.registered(),
+            ring_size.get() as usize,
+            DmaDirection::FromDevice,
+        )?;
+        let rx_ring = Mr::new(device.pd(), ring)?;
+        // Placeholders until the handshake tells the peer's ring and the token.
+        let conn = Conn::new(ring_size, ring_size, 1);
+        Arc::pin_init(
+            try_pin_init!(Self {
+                state <- new_spinlock_irq!(State {
+                    conn,
+                    peer_ring_addr: 0,
+                    peer_rkey: 0,
+                    inflight: 0,
+                    cdc_owed: false,
+                    registered: false,
+                    error: None,
+                    link_dead: false,
+                    rd_shut: false,
+                    closing: false,
+                    released: false,
+                }),
+                state_changed <- new_condvar!("Connection::state_changed"),
+                link <- new_spinlock_irq!(None),
+                token: Atomic::new(0),
+                resources <- new_spinlock_irq!(Some(Resources {
+                    rx_ring,
+                    tx_buf: None,
+                    device,
+                    gid,
+                })),
+                sk: SetOnce::new(),
+                tcp_watch <- new_spinlock!(None),
+                tx_lock <- new_mutex!(()),
+                rx_lock <- new_mutex!(()),
+                rdma_tx_bytes: Atomic::new(0),
+                rdma_rx_bytes: Atomic::new(0),
+                release_work <- new_work!("Connection::release_work"),
+            }? Error),
+            GFP_KERNEL,
+        )
+    }
+
+    /// The device the connection is on, and its port's GID.
+    pub(crate) fn device(&self) -> Result<(Arc<Device>, RoceGid)> {
+        let resources = self.resources.lock();
+        let resources = resources.as_ref().ok_or(ECONNRESET)?;
+        Ok((resources.device.clone(), resources.gid))
+    }
+
+    fn rx_ring(&self) -> Result<Arc<Mr>> {
+        let resources = self.resources.lock();
+        Ok(resources.as_ref().ok_or(ECONNRESET)?.rx_ring.clone())
+    }
+
+    fn tx_buf(&self) -> Result<Arc<DmaBuffer>> {
+        let resources = self.resources.lock();
+        let resources = resources.as_ref().ok_or(ECONNRESET)?;
+        resources.tx_buf.clone().ok_or(ENOTCONN)
+    }
+
+    /// Puts the connection on `link` (of the same device).
+    pub(crate) fn join(self: &Arc<Self>, link: Arc<Link>) -> Result {
+        let (device, _) = self.device()?;
+        if !Arc::ptr_eq(link.device(), &device) {
+            return Err(EINVAL);
+        }
+        link.join(self.clone())?;
+        *self.link.lock() = Some(link);
+        Ok(())
+    }
+
+    /// Takes the connection off its link (a handshake that will try another).
+    pub(crate) fn leave_link(&self) {
+        // Taken out first: the guard of an `if let` scrutinee lives through its block.
+        let link = self.link.lock().take();
+        if let Some(link) = link {
+            self.detach_from(&link);
+            link.leave(self);
+        }
+    }
+
+    /// The token cursor messages of this connection carry (0: not assigned yet).
+    pub(crate) fn token(&self) -> u32 {
+        self.token.load(Relaxed)
+    }
+
+    /// Our receive ring, for the peer.
+    pub(crate) fn ring(&self) -> Result<RingEndpoint> {
+        let rx_ring = self.rx_ring()?;
+        Ok(RingEndpoint {
+            rkey: rx_ring.rkey(),
+            addr: rx_ring.addr(),
+            size: self.state.lock().conn.own_ring(),
+        })
+    }
+
+    /// Learns the peer's ring and the token: allocates the send buffer mirroring the ring.
+    pub(crate) fn set_peer(&self, peer: &PeerRing) -> Result {
+        let link = self.link()?;
+        if peer.token == 0 || link.token_taken(peer.token, self) {
+            return Err(EEXIST);
+        }
+        let (device, _) = self.device()?;
+        let tx_buf = DmaBuffer::new(
+            device.registered(),
+            peer.size.get() as usize,
+            DmaDirection::ToDevice,
+        )?;
+        link.attach(tx_buf.clone())?;
+        {
+            let mut guard = self.resources.lock();
+            let Some(resources) = &mut *guard else {
+                return Err(ECONNRESET);
+            };
+            if resources.tx_buf.is_some() {
+                return Err(EINVAL);
+            }
+            resources.tx_buf = Some(tx_buf);
+        }
+        let mut state = self.state.lock();
+        let own_ring = state.conn.own_ring();
+        state.conn = Conn::new(own_ring, peer.size, peer.token);
+        state.peer_ring_addr = peer.addr;
+        state.peer_rkey = peer.rkey;
+        self.token.store(peer.token, Relaxed);
+        Ok(())
+    }
+
+    /// Registers the receive ring on the link (which must be connected), so that the peer
+    /// may write to it; needs the token.
+    pub(crate) fn register_ring(&self) -> Result {
+        let link = self.link()?;
+        let rx_ring = self.rx_ring()?;
+        let start = Instant::<Monotonic>::now();
+        // A fresh link has all its credits: this waits only behind a busy one.
+        while !link.take_credits(1) {
+            if start.elapsed() > Delta::from_millis(REGISTER_TIMEOUT_MS.into()) {
+                return Err(ETIMEDOUT);
+            }
+            fsleep(Delta::from_millis(1));
+        }
+        self.state.lock().inflight += 1;
+        if let Err(err) = link.post_registration(self.token(), &rx_ring) {
+            self.state.lock().inflight -= 1;
+            link.return_credits(1);
+            return Err(err);
+        }
+        self.wait_for_state(REGISTER_TIMEOUT_MS, |state| {
+            state.registered || state.error.is_some()
+        });
+        let state = self.state.lock();
+        match state.error {
+            Some(err) => Err(err),
+            None if state.registered => Ok(()),
+            None => Err(ETIMEDOUT),
+        }
+    }
+
+    /// Waits up to `wait_ms` milliseconds until `done` holds for the state; false if it does
+    /// not: the time ran out, or a signal is pending (a dying task's close must not wait).
+    fn wait_for_state(&self, wait_ms: u32, done: impl Fn(&State) -> bool) -> bool {
+        let mut state = self.state.lock();
+        let mut left = msecs_to_jiffies(wait_ms);
+        while !done(&state) {
+            match self
+                .state_changed
+                .wait_interruptible_timeout(&mut state, left)
+            {
+                CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Signal { .. } => {
+                    return done(&state)
+                }
+            }
+        }
+        true
+    }
+
+    /// Makes `sk` the socket this connection wakes.
+    ///
+    /// The socket gets the id of the NAPI that reaps the connection's completions before the
+    /// application can see the connection, so that its busy polling (recvmsg, epoll, poll,
+    /// io_uring) spins on that NAPI.
+    pub(crate) fn set_socket(&self, sk: ARef<Sock>) {
+        if let Ok((device, _)) = self.device() {
+            sk.set_napi_id(device.napi_id());
+        }
+        // Under the state lock, so that a failure is either seen here or reported by `fail`.
+        let state = self.state.lock();
+        if let Some(err) = state.error {
+            sk.set_error(err);
+        }
+        self.sk.populate(sk);
+        drop(state);
+    }
+
+    /// Ties the connection to its handshake's TCP connection `clc` (see `tcp_watch`).
+    pub(crate) fn watch_tcp(self: &Arc<Self>, clc: Arc<KernelSocket>) -> Result {
+        let hook = SockHook::new(clc, HookedEvent::ErrorReport, self.clone())?;
+        let taken = self.tcp_watch.lock().replace(hook);
+        drop(taken);
+        // A connection closed meanwhile did not see the hook to drop it.
+        if self.state.lock().closing {
+            self.unwatch_tcp();
+        }
+        Ok(())
+    }
+
+    /// Stops watching the TCP connection and lets it go; returns the hook if there was one.
+    fn take_tcp_watch(&self) -> Option<SockHook<Connection>> {
+        let hook = self.tcp_watch.lock().take();
+        if let Some(hook) = &hook {
+            hook.unhook();
+        }
+        hook
+    }
+
+    fn unwatch_tcp(&self) {
+        // Dropped unlocked: dropping the hook may release the TCP socket.
+        drop(self.take_tcp_watch());
+    }
+
+    /// Payload bytes written to the peer and read from our ring.
+    pub(crate) fn rdma_bytes(&self) -> (u64, u64) {
+        (
+            self.rdma_tx_bytes.load(Relaxed),
+            self.rdma_rx_bytes.load(Relaxed),
+        )
+    }
+
+    fn link(&self) -> Result<Arc<Link>> {
+        self.link.lock().clone().ok_or(ECONNRESET)
+    }
+
+    /// Sends the next cursor message; `reserved` if the caller already took its send credit.
+    fn send_cdc(&self, link: &Link, reserved: bool) -> Result {
+        let msg = {
+            let mut state = self.state.lock();
+            if !reserved && !link.take_credits(1) {
+                state.cdc_owed = true;
+                return Ok(());
+            }
+            state.inflight += 1;
+            state.conn.next_cdc()
+        };
+        let posted = link.post_cdc(self.token(), &msg);
+        if posted.is_err() {
+            self.state.lock().inflight -= 1;
+            if !reserved {
+                link.return_credits(1);
+            }
+        }
+        posted
+    }
+
+    /// Sends a cursor message now if the connection still has a link; a failure fails the
+    /// connection.
+    fn notify_peer(&self) {
+        if let Ok(link) = self.link() {
+            if let Err(err) = self.send_cdc(&link, false) {
+                self.fail(err);
+            }
+        }
+    }
+
+    /// Fails the connection with `err` (the first error sticks) and wakes everyone.
+    fn fail(&self, err: Error) {
+        {
+            let mut state = self.state.lock();
+            // Once either side closed, errors of work requests still in flight are expected.
+            if state.closing || state.error.is_some() || state.conn.peer_closed() {
+                return;
+            }
+            // The socket's error first: a reader that sees the connection failed (a busy
+            // poller sees it at once) must find the error to report.
+            if let Some(sk) = self.sk.as_ref() {
+                sk.set_error(err);
+            }
+            state.error = Some(err);
+        }
+        self.state_changed.notify_all();
+        if let Some(sk) = self.sk.as_ref() {
+            sk.state_change();
+        }
+    }
+
+    fn wake(&self, wake: impl FnOnce(&Sock)) {
+        if let Some(sk) = self.sk.as_ref() {
+            wake(sk);
+        }
+    }
+
+    /// The link has send credits again: sends an owed cursor message, wakes senders.
+    pub(crate) fn credits_available(&self) {
+        let owed = core::mem::take(&mut self.state.lock().cdc_owed);
+        if owed {
+            self.notify_peer();
+        }
+        self.wake(Sock::write_space);
+    }
+
+    /// One of this connection's work requests finished.
+    pub(crate) fn work_finished(&self, what: Finished, ok: bool) {
+        {
+            let mut state = self.state.lock();
+            state.inflight = state.inflight.saturating_sub(1);
+            if what == Finished::Registration {
+                state.registered = ok;
+            }
+        }
+        self.state_changed.notify_all();
+        if !ok {
+            self.fail(ECONNRESET);
+        }
+    }
+
+    /// The link failed (`err`): the connection fails, and a closed one can go now.
+    pub(crate) fn link_failed(self: &Arc<Self>, err: Error) {
+        self.fail(err);
+        let release = {
+            let mut state = self.state.lock();
+            state.link_dead = true;
+            state.closing && !state.released
+        };
+        self.state_changed.notify_all();
+        if release {
+            self.schedule_release();
+        }
+    }
+
+    /// A cursor message from the peer arrived.
+    pub(crate) fn cdc_received(self: &Arc<Self>, msg: &cdc::Message) {
+        let changes = self.state.lock().conn.on_cdc(msg);
+        match changes {
+            Ok(changes) => self.apply(changes),
+            Err(_) => {
+                // A peer that breaks the protocol gets an abort; the link goes on.
+                self.state.lock().conn.abort();
+                self.notify_peer();
+                self.fail(ECONNABORTED);
+            }
+        }
+        let release = {
+            let state = self.state.lock();
+            state.closing
+                && !state.released
+                && (state.conn.peer_closed() || state.conn.peer_aborted())
+        };
+        if release {
+            self.schedule_release();
+        }
+    }
+
+    fn schedule_release(self: &Arc<Self>) {
+        // Already queued is fine: one release is all it takes.
+        let _ = workqueue::system().enqueue(self.clone());
+    }
+
+    fn apply(&self, changes: Changes) {
+        if changes.stale {
+            return;
+        }
+        if changes.peer_aborted {
+            self.fail(ECONNRESET);
+            return;
+        }
+        if changes.cons_update_due {
+            self.notify_peer();
+        }
+        if changes.peer_done_writing || changes.peer_closed {
+            self.wake(Sock::state_change);
+        }
+        if changes.readable {
+            self.wake(Sock::data_ready);
+        }
+        if changes.writable {
+            self.wake(Sock::write_space);
+        }
+    }
+
+    /// `sendmsg`: copies into the send buffer and writes to the peer as its window allows.
+    pub(crate) fn sendmsg(&self, sk: &Sock, msg: &mut MsgHdr, len: usize) -> Result<usize> {
+        let _tx = self.tx_lock.lock();
+        let flags = msg.flags();
+        let mut timeo = sk.sndtimeo(flags & MSG_DONTWAIT != 0);
+        let mut busy_polled = false;
+        let mut sent = 0usize;
+        while sent < len {
+            let want = u32::try_from(len - sent).unwrap_or(u32::MAX);
+            let room = match self.send_room(want) {
+                Ok(Some(room)) => room,
+                Ok(None) => {
+                    // As TCP's sk_stream_wait_memory: spin for the peer's consumer update
+                    // first, once per call, if busy polling is on.
+                    if !busy_polled {
+                        busy_polled = true;
+                        sk.busy_loop(timeo == 0, &|| self.send_ready());
+                        continue;
+                    }
+                    let waited = sk.wait_until(&mut timeo, || self.send_ready());
+                    match waited {
+                        Ok(()) => continue,
+                        Err(err) if sent == 0 => return Err(err),
+                        Err(_) => break,
+                    }
+                }
+                // As TCP: a reset is reported once (the pending socket error), then EPIPE.
+                Err(_) if sent == 0 => return Err(sk.stream_error(flags, EPIPE)),
+                Err(_) => break,
+            };
+            match self.send_step(msg, room) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(err) if sent == 0 => return Err(err),
+                Err(_) => break,
+            }
+        }
+        if sent == 0 && len > 0 {
+            return Err(EFAULT);
+        }
+        Ok(sent)
+    }
+
+    /// Whether a sender waiting for room may go on: room and credits, or an end to sending.
+    fn send_ready(&self) -> bool {
+        let state = self.state.lock();
+        let conn = &state.conn;
+        state.error.is_some()
+            || conn.write_shut()
+            || conn.peer_closed()
+            || conn.peer_aborted()
+            || (conn.writable() > 0 && self.link_has_credits())
+    }
+
+    /// How many of `want` bytes may be sent now, with the link's send credits for them taken;
+    /// `None` if none (the caller waits), an error if the connection cannot send any more.
+    fn send_room(&self, want: u32) -> Result<Option<u32>> {
+        let link = self.link()?;
+        let mut state = self.state.lock();
+        if let Some(err) = state.error {
+            return Err(err);
+        }
+        if state.conn.write_shut() || state.conn.peer_closed() || state.conn.peer_aborted() {
+            return Err(EPIPE);
+        }
+        let room = state.conn.writable().min(want);
+        state.conn.set_write_blocked(room < want);
+        if room == 0 || !link.take_credits(WRS_PER_SEND) {
+            return Ok(None);
+        }
+        Ok(Some(room))
+    }
+
+    /// Copies up to `room` bytes of `msg` into the send buffer, writes them to the peer and
+    /// announces them, with the credits [`Connection::send_room`] took; returns how many
+    /// bytes were sent.
+    fn send_step(&self, msg: &mut MsgHdr, room: u32) -> Result<usize> {
+        let link = self.link()?;
+        let mut credits = WRS_PER_SEND;
+        let sent = self.send_with_credits(&link, msg, room, &mut credits);
+        if credits > 0 {
+            link.return_credits(credits);
+        }
+        if let Err(err) = sent {
+            self.fail(err);
+        }
+        sent
+    }
+
+    fn send_with_credits(
+        &self,
+        link: &Link,
+        msg: &mut MsgHdr,
+        room: u32,
+        credits: &mut u32,
+    ) -> Result<usize> {
+        let tx_buf = self.tx_buf()?;
+        let segments = self.state.lock().conn.write_segments(room).ok_or(EINVAL)?;
+        let mut copied = 0u32;
+        for segment in segments.iter() {
+            let n = tx_buf.copy_from_msg(segment.offset as usize, msg, segment.len as usize)?;
+            // CAST: At most `segment.len`, a `u32`.
+            copied += n as u32;
+            if n < segment.len as usize {
+                break;
+            }
+        }
+        if copied == 0 {
+            return Ok(0);
+        }
+        let (segments, remote_base, rkey) = {
+            let state = self.state.lock();
+            let segments = state.conn.write_segments(copied).ok_or(EINVAL)?;
+            (segments, state.peer_ring_addr, state.peer_rkey)
+        };
+        let lkey = link.device().pd().local_dma_lkey();
+        let token = self.token();
+        for segment in segments.iter() {
+            let sge = tx_buf.sge(segment.offset as usize, segment.len as usize, lkey)?;
+            self.state.lock().inflight += 1;
+            let posted =
+                link.post_write(token, &sge, remote_base + u64::from(segment.offset), rkey);
+            if let Err(err) = posted {
+                self.state.lock().inflight -= 1;
+                return Err(err);
+            }
+            *credits -= 1;
+        }
+        // The bytes are announced only now that their WRITEs are posted: a cursor message
+        // sent meanwhile (e.g. a consumer update from the NAPI poll) goes after them.
+        self.state.lock().conn.produce(copied);
+        *credits -= 1;
+        self.send_cdc(link, true)?;
+        self.rdma_tx_bytes.add(u64::from(copied), Relaxed);
+        Ok(copied as usize)
+    }
+
+    /// `recvmsg`: copies from the receive ring, waiting as TCP does.
+    pub(crate) fn recvmsg(
+        &self,
+        sk: &Sock,
+        msg: &mut MsgHdr,
+        len: usize,
+        flags: i32,
+    ) -> Result<usize> {
+        if flags & MSG_OOB != 0 {
+            return Err(EINVAL);
+        }
+        let _rx = self.rx_lock.lock();
+        let peek = flags & MSG_PEEK != 0;
+        let target = if flags & MSG_WAITALL != 0 && !peek {
+            len
+        } else {
+            len.min(1)
+        };
+        let mut timeo: c_long = sk.rcvtimeo(flags & MSG_DONTWAIT != 0);
+        let mut busy_polled = false;
+        let mut copied = 0usize;
+        while copied < len {
+            let want = u32::try_from(len - copied).unwrap_or(u32::MAX);
+            let ready = {
+                let state = self.state.lock();
+                let readable = state.conn.readable();
+                if readable > 0 {
+                    Some(state.conn.read_segments(0, readable.min(want)))
+                } else if state.error.is_some() {
+                    drop(state);
+                    // As TCP: a reset is reported once (the pending socket error), then end
+                    // of file; bytes already copied go first, the error with the next call.
+                    if copied > 0 {
+                        return Ok(copied);
+                    }
+                    return sk.take_error().map_or(Ok(0), Err);
+                } else if state.conn.at_eof() || state.rd_shut {
+                    return Ok(copied);
+                } else {
+                    None
+                }
+            };
+            let Some(segments) = ready else {
+                if copied >= target {
+                    break;
+                }
+                // As tcp_recvmsg: with busy polling on, spin on the NAPI first, once per
+                // call (one pass if nonblocking); the stock end check looks at
+                // `sk_receive_queue`, which rsmc does not use, hence our own.
+                if !busy_polled {
+                    busy_polled = true;
+                    sk.busy_loop(timeo == 0, &|| self.recv_ready());
+                    continue;
+                }
+                let waited = sk.wait_until(&mut timeo, || self.recv_ready());
+                match waited {
+                    Ok(()) => continue,
+                    Err(err) if copied == 0 => return Err(err),
+                    Err(_) => break,
+                }
+            };
+            let n = self.copy_out(msg, segments.ok_or(EINVAL)?)?;
+            if n == 0 {
+                return if copied > 0 { Ok(copied) } else { Err(EFAULT) };
+            }
+            copied += n as usize;
+            if peek {
+                break;
+            }
+            let due = {
+                let mut state = self.state.lock();
+                state.conn.consume(n);
+                state.conn.cons_update_due() && !state.conn.peer_closed()
+            };
+            self.rdma_rx_bytes.add(u64::from(n), Relaxed);
+            if due {
+                self.notify_peer();
+            }
+            if copied >= target {
+                break;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Whether a reader waiting for data may go on: data, an error, or an end to reading.
+    fn recv_ready(&self) -> bool {
+        let state = self.state.lock();
+        state.conn.readable() > 0 || state.error.is_some() || state.conn.at_eof() || state.rd_shut
+    }
+
+    fn copy_out(&self, msg: &mut MsgHdr, segments: Segments) -> Result<u32> {
+        let rx_ring = self.rx_ring()?;
+        let ring = rx_ring.buffer();
+        let mut copied = 0u32;
+        for segment in segments.iter() {
+            let n = ring.copy_to_msg(segment.offset as usize, msg, segment.len as usize)?;
+            // CAST: At most `segment.len`, a `u32`.
+            copied += n as u32;
+            if n < segment.len as usize {
+                break;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Readiness for `poll` (`EPOLL*` bits), as TCP reports it.
+    pub(crate) fn poll_mask(&self) -> u32 {
+        let state = self.state.lock();
+        if state.error.is_some() {
+            return epoll::ERR
+                | epoll::HUP
+                | epoll::IN
+                | epoll::RDNORM
+                | epoll::RDHUP
+                | epoll::OUT
+                | epoll::WRNORM;
+        }
+        let conn = &state.conn;
+        let rd_done = state.rd_shut || conn.peer_done_writing() || conn.peer_closed();
+        let mut mask = 0;
+        if rd_done && conn.write_shut() {
+            mask |= epoll::HUP;
+        }
+        if rd_done {
+            mask |= epoll::IN | epoll::RDNORM | epoll::RDHUP;
+        }
+        if conn.readable() > 0 {
+            mask |= epoll::IN | epoll::RDNORM;
+        }
+        if conn.write_shut() || (conn.writable() > 0 && self.link_has_credits()) {
+            mask |= epoll::OUT | epoll::WRNORM;
+        }
+        mask
+    }
+
+    fn link_has_credits(&self) -> bool {
+        self.link
+            .lock()
+            .as_ref()
+            .is_some_and(|link| link.has_credits(WRS_PER_SEND))
+    }
+
+    /// `shutdown(2)`: `read` and/or `write` side.
+    pub(crate) fn shutdown(&self, read: bool, write: bool) -> Result {
+        {
+            let mut state = self.state.lock();
+            if let Some(err) = state.error {
+                return Err(err);
+            }
+            state.rd_shut |= read;
+            if write {
+                state.conn.shutdown_write();
+            }
+        }
+        if write {
+            let link = self.link()?;
+            self.send_cdc(&link, false)?;
+        }
+        self.wake(Sock::state_change);
+        Ok(())
+    }
+
+    /// Closes the connection: tells the peer (an abort if `abort` or unread data is left, as
+    /// TCP sends a reset then), waits briefly for that to leave, and releases the connection
+    /// now if the peer closed too, else when it does.
+    pub(crate) fn close(&self, abort: bool) {
+        let link_alive = {
+            let mut state = self.state.lock();
+            // Closed already (the socket's release, then its state's drop, both close).
+            if state.closing {
+                return;
+            }
+            if abort || state.conn.readable() > 0 {
+                state.conn.abort();
+            } else {
+                state.conn.close();
+            }
+            state.closing = true;
+            !state.link_dead
+        };
+        // Even a failed connection says it closed: the peer keeps its ring until it hears.
+        if link_alive {
+            self.send_last_cdc();
+        }
+        self.unwatch_tcp();
+        let peer_done = {
+            let state = self.state.lock();
+            state.link_dead || state.conn.peer_closed() || state.conn.peer_aborted()
+        };
+        if peer_done {
+            self.release();
+        }
+    }
+
+    /// Sends the cursor message with the closing flags and waits briefly for this
+    /// connection's work requests to finish.
+    fn send_last_cdc(&self) {
+        let Ok(link) = self.link() else {
+            return;
+        };
+        if self.send_cdc(&link, false).is_ok() {
+            self.wait_for_state(CLOSE_TIMEOUT_MS, |state| state.inflight == 0);
+        }
+    }
+
+    /// Releases a connection whose handshake failed: the peer never wrote to it. If it got
+    /// as far as a token, the peer may hold its end: an abort tells it to let go.
+    pub(crate) fn abandon(&self) {
+        let tell_peer = {
+            let mut state = self.state.lock();
+            let tell_peer = self.token() != 0 && !state.link_dead && !state.closing;
+            state.conn.abort();
+            state.closing = true;
+            tell_peer
+        };
+        if tell_peer {
+            self.send_last_cdc();
+        }
+        self.release();
+    }
+
+    /// Takes the connection off its link and releases its buffers. Process context.
+    fn release(&self) {
+        {
+            let mut state = self.state.lock();
+            if state.released {
+                return;
+            }
+            state.released = true;
+            state.closing = true;
+        }
+        self.unwatch_tcp();
+        self.leave_link();
+        // Dropped unlocked: the last references free DMA memory and deregister the ring.
+        let resources = self.resources.lock().take();
+        drop(resources);
+    }
+
+    /// Gives the link back this connection's buffers, if no work request of it is in flight
+    /// (else the queue pair keeps them until it goes).
+    fn detach_from(&self, link: &Link) {
+        if !self.wait_for_state(CLOSE_TIMEOUT_MS, |state| state.inflight == 0) {
+            return;
+        }
+        let resources = self.resources.lock();
+        if let Some(resources) = resources.as_ref() {
+            // SAFETY: Nothing of this connection is in flight, and it posts nothing more:
+            // it is off the link (or leaving it) and closing.
+            unsafe { link.detach(resources.tx_buf.as_ref(), &resources.rx_ring) };
+        }
+    }
+
+    /// The device is going away: the connection fails (`ECONNABORTED`, as stock SMC's
+    /// smc_conn_kill), aborts towards the peer (the device still works while its clients are
+    /// removed), resets the handshake's TCP connection and is released.
+    pub(crate) fn device_removed(&self) {
+        self.fail(ECONNABORTED);
+        let tell_peer = {
+            let mut state = self.state.lock();
+            let open = !state.closing;
+            state.conn.abort();
+            state.closing = true;
+            open
+        };
+        if tell_peer {
+            self.send_last_cdc();
+        }
+        // The message may not get out (rxe stops receiving acknowledgements before its
+        // clients are removed): resetting the TCP connection tells the peer for sure.
+        if let Some(hook) = self.take_tcp_watch() {
+            hook.socket().abort(ECONNABORTED);
+        }
+        self.release();
+    }
+}
+
+impl SockEvents for Connection {
+    fn error_report(this: ArcBorrow<'_, Self>, err: Error) {
+        this.fail(err);
+    }
+}
+
+impl WorkItem for Connection {
+    type Pointer = Arc<Connection>;
+
+    fn run(this: Arc<Connection>) {
+        this.release();
+    }
+}

@@ -1,0 +1,546 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Links: one RC queue pair between two RDMA devices, shared by every connection between them
+//! (net/smc's link group, with one link), its cursor-message buffers and its send credits.
+//!
+//! A connection joins a link in the handshake ([`crate::clc`]): the client offers the link it
+//! has to the server's address, if any; the server takes it if it still has its end (found by
+//! the client's queue pair), else declines with `NOCLNTLINK` and the client proposes again
+//! with a new link. Send completions go to the connection their `wr_id` names, cursor
+//! messages to the connection whose token they carry; a message for an unknown token is
+//! dropped and counted (a connection that closed meanwhile).
+//!
+//! A link lives while connections are on it; the last one to leave tears it down. A failed
+//! work request means the peer's end is gone: every connection on the link fails.
+
+use crate::{
+    connection::Connection,
+    ffi::{
+        ib::RoceGid,
+        verbs::{Access, DmaBuffer, DmaDirection, Mr, Qp, RemoteQp, Sge, WcStatus, WorkCompletion},
+    },
+    ib::Device,
+    poller::{CompletionSink, SinkRegistration, CQ_ENTRIES},
+    proto::{cdc, clc::PathMtu},
+};
+use kernel::{
+    new_mutex,
+    prelude::*,
+    sync::{
+        atomic::{Atomic, Relaxed},
+        new_spinlock_irq, Arc, Mutex, SpinLockIrq,
+    },
+};
+
+/// Send work requests in flight on a link, shared by its connections.
+const SQ_DEPTH: u32 = 256;
+/// Receives kept posted for the peer's cursor messages.
+const RQ_DEPTH: u32 = 64;
+/// Bytes per cursor-message buffer slot.
+const CDC_SLOT: usize = 64;
+/// Cursor-message send slots: each message holds a send credit, so no more are in flight.
+const CDC_SLOTS: usize = SQ_DEPTH as usize;
+/// Links a device may have: all of their work requests fit its completion queue, which must
+/// never overflow.
+pub(crate) const MAX_LINKS: usize = (CQ_ENTRIES / (SQ_DEPTH + RQ_DEPTH)) as usize;
+/// Send credits that wake connections waiting for them.
+const CREDITS_TO_WAKE: u32 = SQ_DEPTH / 8;
+
+/// A `wr_id`'s kind, in bits 44..48 (the poller keeps bits 0..48 for us).
+const KIND_SHIFT: u32 = 44;
+const WR_RECV: u64 = 1 << KIND_SHIFT;
+const WR_SEND: u64 = 2 << KIND_SHIFT;
+const WR_WRITE: u64 = 3 << KIND_SHIFT;
+const WR_REG: u64 = 4 << KIND_SHIFT;
+const KIND_MASK: u64 = 0xf << KIND_SHIFT;
+/// A cursor message's send slot, in bits 32..44.
+const SLOT_SHIFT: u32 = 32;
+const SLOT_MASK: u64 = 0xfff;
+/// The connection's token (or a receive slot), in bits 0..32.
+const LOW_MASK: u64 = 0xffff_ffff;
+
+/// What finished, as a connection on the link sees it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finished {
+    /// An RDMA WRITE or a cursor message.
+    Send,
+    /// The registration of the connection's receive ring.
+    Registration,
+}
+
+/// This side of a link, for the handshake.
+pub(crate) struct LinkEndpoint {
+    pub(crate) gid: [u8; 16],
+    pub(crate) mac: [u8; 6],
+    pub(crate) mtu: PathMtu,
+    pub(crate) qpn: u32,
+    pub(crate) psn: u32,
+}
+
+/// The peer's end of a connected link, by which the server finds the link a client offers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerEnd {
+    pub(crate) gid: [u8; 16],
+    pub(crate) qpn: u32,
+    pub(crate) psn: u32,
+}
+
+struct LinkState {
+    /// Send work requests that may still be posted.
+    sq_free: u32,
+    /// Cursor-message send slots in use, one bit each.
+    cdc_slots: [u64; CDC_SLOTS / 64],
+    /// The connections on the link.
+    conns: KVec<Arc<Connection>>,
+    /// The last token handed out (the server's side hands them out).
+    last_token: u32,
+    /// The peer's end, once connected.
+    peer: Option<PeerEnd>,
+    /// Failed, or its end is near: no connection may join.
+    dead: bool,
+    /// Torn down (once).
+    torn_down: bool,
+    /// A connection waits for send credits.
+    credit_waiters: bool,
+}
+
+/// A link. See the module documentation.
+#[pin_data]
+pub(crate) struct Link {
+    // Dropped first: the queue pair keeps every buffer it used mapped until it is destroyed.
+    qp: Qp,
+    cdc_rx: Arc<DmaBuffer>,
+    cdc_tx: Arc<DmaBuffer>,
+    lkey: u32,
+    gid: RoceGid,
+    psn: u32,
+    #[pin]
+    state: SpinLockIrq<LinkState>,
+    /// Taken on teardown; holds the sink reference to this link (a cycle until then).
+    #[pin]
+    registration: Mutex<Option<SinkRegistration>>,
+    /// The high bits of this link's `wr_id`s.
+    wr_base: Atomic<u64>,
+    /// Cursor messages for no connection on the link.
+    dropped: Atomic<u64>,
+    /// Keeps the device registered, and its NAPI enabled, while the queue pair lives.
+    device: Arc<Device>,
+}
+
+impl Link {
+    /// A new link on `device` (whose port has `gid`), its queue pair in INIT with receives
+    /// posted, listed on the device; it goes when its last connection leaves, or with
+    /// [`Link::discard`] if none ever joined.
+    pub(crate) fn new(device: Arc<Device>, gid: RoceGid) -> Result<Arc<Self>> {
+        // Checked again, under the device's lock, when the link is listed.
+        if device.links() >= MAX_LINKS {
+            return Err(EBUSY);
+        }
+        let dev = device.registered();
+        let cq = device.poller().cq();
+        let qp = Qp::new(device.pd(), cq, cq, SQ_DEPTH, RQ_DEPTH)?;
+        let cdc_rx = DmaBuffer::new(dev, RQ_DEPTH as usize * CDC_SLOT, DmaDirection::FromDevice)?;
+        let cdc_tx = DmaBuffer::new(dev, CDC_SLOTS * CDC_SLOT, DmaDirection::ToDevice)?;
+        qp.attach(cdc_rx.clone())?;
+        qp.attach(cdc_tx.clone())?;
+        qp.modify_to_init(gid.port, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
+        let lkey = device.pd().local_dma_lkey();
+        let poller = device.poller().clone();
+        let link = Arc::pin_init(
+            try_pin_init!(Self {
+                qp,
+                cdc_rx,
+                cdc_tx,
+                lkey,
+                gid,
+                psn: crate::ffi::random_u32() & 0xff_ffff,
+                state <- new_spinlock_irq!(LinkState {
+                    sq_free: SQ_DEPTH,
+                    cdc_slots: [0; CDC_SLOTS / 64],
+                    conns: KVec::new(),
+                    last_token: 0,
+                    peer: None,
+                    dead: false,
+                    torn_down: false,
+                    credit_waiters: false,
+                }),
+                registration <- new_mutex!(None),
+                wr_base: Atomic::new(0),
+                dropped: Atomic::new(0),
+                device,
+            }? Error),
+            GFP_KERNEL,
+        )?;
+        let registration = poller.register_sink(link.clone())?;
+        link.wr_base.store(registration.wr_id(0), Relaxed);
+        *link.registration.lock() = Some(registration);
+        let started = (0..RQ_DEPTH)
+            .try_for_each(|slot| link.post_recv(slot))
+            .and_then(|()| link.device.list_link(link.clone()));
+        if let Err(err) = started {
+            link.discard();
+            return Err(err);
+        }
+        Ok(link)
+    }
+
+    /// This side, for the handshake.
+    pub(crate) fn endpoint(&self) -> Result<LinkEndpoint> {
+        Ok(LinkEndpoint {
+            gid: self.gid.gid,
+            mac: self.gid.mac,
+            mtu: self.device.registered().active_mtu(self.gid.port)?,
+            qpn: self.qp.qp_num(),
+            psn: self.psn,
+        })
+    }
+
+    /// The device the link is on.
+    pub(crate) fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// The peer's end, once connected and while the link is usable.
+    pub(crate) fn live_peer(&self) -> Option<PeerEnd> {
+        let state = self.state.lock();
+        state.peer.filter(|_| !state.dead)
+    }
+
+    /// Connects the queue pair to the peer's (`mtu`: the peer's path MTU).
+    pub(crate) fn connect(&self, peer: &RemoteQp, mtu: PathMtu) -> Result {
+        let mtu = mtu.path_with(self.device.registered().active_mtu(self.gid.port)?);
+        self.qp
+            .modify_to_rtr(self.gid.port, self.gid.index, peer, mtu)?;
+        self.qp.modify_to_rts(self.psn)?;
+        self.state.lock().peer = Some(PeerEnd {
+            gid: peer.gid,
+            qpn: peer.qpn,
+            psn: peer.psn,
+        });
+        Ok(())
+    }
+
+    /// Puts `conn` on the link; fails with `ENOLINK` once the link is dead.
+    pub(crate) fn join(&self, conn: Arc<Connection>) -> Result {
+        let mut state = self.state.lock();
+        if state.dead {
+            return Err(ENOLINK);
+        }
+        state.conns.push(conn, GFP_ATOMIC)?;
+        Ok(())
+    }
+
+    /// A token no connection on the link has (the server's side hands them out).
+    pub(crate) fn new_token(&self) -> u32 {
+        let mut state = self.state.lock();
+        loop {
+            state.last_token = state.last_token.wrapping_add(1);
+            let token = state.last_token;
+            if token != 0 && !state.conns.iter().any(|conn| conn.token() == token) {
+                return token;
+            }
+        }
+    }
+
+    /// Whether a connection on the link other than `conn` has `token`.
+    pub(crate) fn token_taken(&self, token: u32, conn: &Connection) -> bool {
+        self.state
+            .lock()
+            .conns
+            .iter()
+            .any(|other| other.token() == token && !core::ptr::eq(&**other, conn))
+    }
+
+    /// Takes `conn` off the link, waits until no poll still uses it, and tears the link down
+    /// if it was the last. Process context.
+    pub(crate) fn leave(&self, conn: &Connection) {
+        let last = {
+            let mut state = self.state.lock();
+            state.conns.retain(|listed| !core::ptr::eq(&**listed, conn));
+            state.conns.is_empty()
+        };
+        // A completion handler may hold its own reference to the connection: let it finish,
+        // so that the last reference goes in process context.
+        self.device.poller().synchronize();
+        if last {
+            self.teardown();
+        }
+    }
+
+    /// Tears down a link no connection joined (or, on error, one that lost its last).
+    pub(crate) fn discard(&self) {
+        self.teardown();
+    }
+
+    fn teardown(&self) {
+        {
+            let mut state = self.state.lock();
+            state.dead = true;
+            if core::mem::replace(&mut state.torn_down, true) {
+                return;
+            }
+        }
+        self.device.unlist_link(self);
+        // Waits for a poll that may still be handing us a completion; drops the poller's
+        // reference to the link.
+        drop(self.registration.lock().take());
+    }
+
+    /// Takes `n` send credits; without them, notes that a connection waits (it gets
+    /// [`Connection::credits_available`]).
+    pub(crate) fn take_credits(&self, n: u32) -> bool {
+        let mut state = self.state.lock();
+        if state.sq_free >= n {
+            state.sq_free -= n;
+            true
+        } else {
+            state.credit_waiters = true;
+            false
+        }
+    }
+
+    /// Whether `n` send credits are free now.
+    pub(crate) fn has_credits(&self, n: u32) -> bool {
+        self.state.lock().sq_free >= n
+    }
+
+    /// Gives back `n` credits taken and not used.
+    pub(crate) fn return_credits(&self, n: u32) {
+        self.credits_back(n);
+    }
+
+    /// Lets the queue pair use `buf` (a connection's send buffer).
+    pub(crate) fn attach(&self, buf: Arc<DmaBuffer>) -> Result {
+        self.qp.attach(buf)
+    }
+
+    /// Releases a connection's send buffer and receive ring from the queue pair.
+    ///
+    /// # Safety
+    ///
+    /// None of the connection's work requests may be outstanding.
+    pub(crate) unsafe fn detach(&self, buf: Option<&Arc<DmaBuffer>>, ring: &Arc<Mr>) {
+        // SAFETY: The caller's promise covers both.
+        unsafe {
+            if let Some(buf) = buf {
+                self.qp.detach_buffer(buf);
+            }
+            self.qp.detach_mr(ring);
+        }
+    }
+
+    fn wr_id(&self, kind: u64, slot: u64, low: u32) -> u64 {
+        self.wr_base.load(Relaxed) | kind | ((slot & SLOT_MASK) << SLOT_SHIFT) | u64::from(low)
+    }
+
+    fn post_recv(&self, slot: u32) -> Result {
+        let sge = self
+            .cdc_rx
+            .sge(slot as usize * CDC_SLOT, CDC_SLOT, self.lkey)?;
+        self.qp.post_recv(self.wr_id(WR_RECV, 0, slot), &sge)
+    }
+
+    /// Registers `ring` for the peer's writes, with a credit the caller took; the connection
+    /// with `token` gets [`Finished::Registration`].
+    pub(crate) fn post_registration(&self, token: u32, ring: &Arc<Mr>) -> Result {
+        self.qp.post_reg_mr(
+            self.wr_id(WR_REG, 0, token),
+            ring,
+            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+        )
+    }
+
+    /// RDMA-writes `local` to `remote_addr` of the peer's region `rkey`, with a credit the
+    /// caller took.
+    pub(crate) fn post_write(
+        &self,
+        token: u32,
+        local: &Sge<'_>,
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result {
+        self.qp.post_rdma_write(
+            self.wr_id(WR_WRITE, 0, token),
+            local,
+            remote_addr,
+            rkey,
+            true,
+        )
+    }
+
+    /// Sends the cursor message `msg`, with a credit the caller took.
+    pub(crate) fn post_cdc(&self, token: u32, msg: &cdc::Message) -> Result {
+        let mut bytes = [0u8; cdc::MSG_LEN];
+        cdc::encode(msg, &mut bytes).map_err(|_| EINVAL)?;
+        let slot = {
+            let mut state = self.state.lock();
+            let (word, bit) = state
+                .cdc_slots
+                .iter()
+                .enumerate()
+                .find_map(|(i, used)| (*used != u64::MAX).then(|| (i, used.trailing_ones())))
+                .ok_or(EBUSY)?;
+            state.cdc_slots[word] |= 1 << bit;
+            word * 64 + bit as usize
+        };
+        let offset = slot * CDC_SLOT;
+        let posted = self.cdc_tx.write(offset, &bytes).and_then(|()| {
+            let sge = self.cdc_tx.sge(offset, cdc::MSG_LEN, self.lkey)?;
+            self.qp
+                .post_send(self.wr_id(WR_SEND, slot as u64, token), &sge, true)
+        });
+        if posted.is_err() {
+            self.free_slot(slot);
+        }
+        posted
+    }
+
+    fn free_slot(&self, slot: usize) {
+        self.state.lock().cdc_slots[slot / 64] &= !(1 << (slot % 64));
+    }
+
+    /// The connection with `token`, if it is on the link.
+    fn conn(&self, token: u32) -> Option<Arc<Connection>> {
+        self.state
+            .lock()
+            .conns
+            .iter()
+            .find(|conn| conn.token() == token)
+            .cloned()
+    }
+
+    fn credits_back(&self, n: u32) {
+        let wake = {
+            let mut state = self.state.lock();
+            state.sq_free += n;
+            let wake = state.credit_waiters && state.sq_free >= CREDITS_TO_WAKE;
+            if wake {
+                state.credit_waiters = false;
+            }
+            wake
+        };
+        if wake {
+            self.for_each_conn(|conn| conn.credits_available());
+        }
+    }
+
+    /// Calls `f` for every connection on the link, unlocked (it may take the link's lock).
+    ///
+    /// From a completion handler or process context only: the references taken here must not
+    /// be the last ones in any other context (see [`Link::leave`]).
+    fn for_each_conn(&self, f: impl Fn(&Arc<Connection>)) {
+        let conns = {
+            let state = self.state.lock();
+            let mut conns = KVec::new();
+            for conn in state.conns.iter() {
+                if conns.push(conn.clone(), GFP_ATOMIC).is_err() {
+                    break;
+                }
+            }
+            conns
+        };
+        for conn in conns.iter() {
+            f(conn);
+        }
+    }
+
+    /// The peer's end is gone: every connection on the link fails. Returns whether the link
+    /// was alive until now.
+    fn fail(&self, err: Error) -> bool {
+        let was_alive = {
+            let mut state = self.state.lock();
+            if state.dead && state.conns.is_empty() {
+                return false;
+            }
+            !core::mem::replace(&mut state.dead, true)
+        };
+        self.for_each_conn(|conn| conn.link_failed(err));
+        was_alive
+    }
+
+    /// A work request failed: the link fails; the first failure is logged (those after it
+    /// are the queue pair's flush).
+    fn work_failed(&self, wc: &WorkCompletion) {
+        if self.fail(ECONNRESET) {
+            pr_warn!(
+                "link failed: work request {:#x}: {}\n",
+                wc.wr_id(),
+                wc.status()
+            );
+        }
+    }
+
+    /// The device is going away: every connection on the link ends (each leaves, the last
+    /// tears the link down). Process context.
+    pub(crate) fn device_removed(&self) {
+        self.state.lock().dead = true;
+        loop {
+            let Some(conn) = self.state.lock().conns.first().cloned() else {
+                return;
+            };
+            conn.device_removed();
+            // Whatever happened inside, the connection must be off the link now.
+            self.leave(&conn);
+        }
+    }
+
+    fn received(&self, wc: &WorkCompletion, slot: u32) {
+        if wc.status() != WcStatus::SUCCESS {
+            self.work_failed(wc);
+            return;
+        }
+        let mut bytes = [0u8; cdc::MSG_LEN];
+        let read = self.cdc_rx.read(slot as usize * CDC_SLOT, &mut bytes);
+        if let Err(err) = self.post_recv(slot) {
+            self.fail(err);
+            return;
+        }
+        let msg = match (read, wc.byte_len() as usize == cdc::MSG_LEN) {
+            (Ok(()), true) => cdc::decode(&bytes).ok(),
+            _ => None,
+        };
+        match msg.and_then(|msg| Some((self.conn(msg.token)?, msg))) {
+            Some((conn, msg)) => conn.cdc_received(&msg),
+            None => {
+                self.dropped.add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Cursor messages dropped for want of a connection.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
+    /// How many connections are on the link.
+    pub(crate) fn connections(&self) -> usize {
+        self.state.lock().conns.len()
+    }
+}
+
+impl CompletionSink for Link {
+    fn complete(&self, wc: &WorkCompletion) {
+        let id = wc.wr_id();
+        // CAST: Masked to 32 bits.
+        let low = (id & LOW_MASK) as u32;
+        let finished = match id & KIND_MASK {
+            WR_RECV => return self.received(wc, low),
+            WR_SEND => {
+                // CAST: Masked to 12 bits.
+                self.free_slot(((id >> SLOT_SHIFT) & SLOT_MASK) as usize);
+                Finished::Send
+            }
+            WR_WRITE => Finished::Send,
+            WR_REG => Finished::Registration,
+            _ => return,
+        };
+        let ok = wc.status() == WcStatus::SUCCESS;
+        if let Some(conn) = self.conn(low) {
+            conn.work_finished(finished, ok);
+        }
+        self.credits_back(1);
+        if !ok {
+            self.work_failed(wc);
+        }
+    }
+}
