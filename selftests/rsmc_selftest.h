@@ -37,68 +37,10 @@ static inline int rsmc_enter_netns(const char *name)
 	return ret;
 }
 
-/*
- * Looks up @device in rsmc's debugfs device list
- * ("<name> napi_id <id> polls <n> netdev <netdev> cq_events <n> completions <n>" per line).
- * Returns its NAPI id, or -1 if absent; copies its netdev name to @netdev (IFNAMSIZ bytes) if
- * @netdev is not NULL.
- */
-static inline long rsmc_device_lookup(const char *device, char *netdev)
-{
-	char line[1024], name[64], dev[16];
-	long napi_id, found = -1;
-	unsigned long long polls, cq_events, completions;
-	FILE *f = fopen(RSMC_DEVICES_FILE, "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%63s napi_id %ld polls %llu netdev %15s cq_events %llu completions %llu",
-			   name, &napi_id, &polls, dev, &cq_events, &completions) != 6 ||
-		    strcmp(name, device))
-			continue;
-		found = napi_id;
-		if (netdev)
-			strcpy(netdev, dev);
-	}
-	fclose(f);
-	return found;
-}
-
-/*
- * The links @device has and the connections on them, from the end of its debugfs line
- * ("... links <n> connections <n> dropped_cdc <n>"). Returns 0, or -1 if the device or the
- * fields are missing.
- */
-static inline int rsmc_device_links(const char *device, long *links, long *conns)
-{
-	char line[1024], name[64];
-	const char *at;
-	int ret = -1;
-	FILE *f = fopen(RSMC_DEVICES_FILE, "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%63s", name) != 1 || strcmp(name, device))
-			continue;
-		at = strstr(line, " links ");
-		if (at && sscanf(at, " links %ld connections %ld", links, conns) == 2)
-			ret = 0;
-	}
-	fclose(f);
-	return ret;
-}
-
 /* Whether this is the debug kernel (KASAN, lockdep, kmemleak): recognised by kmemleak. */
 static inline bool rsmc_debug_kernel(void)
 {
 	return !access("/sys/kernel/debug/kmemleak", F_OK);
-}
-
-static inline long rsmc_device_napi_id(const char *device)
-{
-	return rsmc_device_lookup(device, NULL);
 }
 
 /* CONFIG_NR_CPUS of the running test kernel: MIN_NAPI_ID is NR_CPUS + 1. */
@@ -186,6 +128,38 @@ static inline int rsmc_device_stats(const char *device, struct rsmc_device_stats
 	}
 	fclose(f);
 	return ret;
+}
+
+/*
+ * @device's NAPI id, or -1 if rsmc does not list it; copies its netdev name to @netdev
+ * (IFNAMSIZ bytes) if @netdev is not NULL.
+ */
+static inline long rsmc_device_lookup(const char *device, char *netdev)
+{
+	struct rsmc_device_stats s;
+
+	if (rsmc_device_stats(device, &s))
+		return -1;
+	if (netdev)
+		strcpy(netdev, s.netdev);
+	return s.napi_id;
+}
+
+static inline long rsmc_device_napi_id(const char *device)
+{
+	return rsmc_device_lookup(device, NULL);
+}
+
+/* The links @device has and the connections on them; 0, or -1 if it is not listed. */
+static inline int rsmc_device_links(const char *device, long *links, long *conns)
+{
+	struct rsmc_device_stats s;
+
+	if (rsmc_device_stats(device, &s))
+		return -1;
+	*links = s.links;
+	*conns = s.connections;
+	return 0;
 }
 
 /* Reads one number from the file at @path (a sysctl, say) to *@val; returns 0 or -1. */
