@@ -29,6 +29,7 @@ use crate::{
         kernel_socket::{HookedEvent, KernelSocket, MsgHdr, SockEvents, SockHook},
         sock::Sock,
         verbs::{DmaBuffer, DmaDirection, Mr},
+        workqueue,
     },
     ib::Device,
     link::{Finished, Link},
@@ -49,7 +50,7 @@ use kernel::{
         Mutex, SetOnce, SpinLock, SpinLockIrq,
     },
     time::{delay::fsleep, msecs_to_jiffies, Delta, Instant, Monotonic},
-    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
+    workqueue::{impl_has_work, new_work, Work, WorkItem},
 };
 
 /// Send credits one send step needs: two RDMA WRITEs (the bytes may wrap around the end of
@@ -534,7 +535,7 @@ impl Connection {
 
     fn schedule_release(self: &Arc<Self>) {
         // Already queued is fine: one release is all it takes.
-        let _ = workqueue::system().enqueue(self.clone());
+        let _ = workqueue::queue().enqueue(self.clone());
     }
 
     fn apply(&self, changes: Changes) {
@@ -862,8 +863,8 @@ impl Connection {
     /// Closes the connection: tells the peer (an abort if `abort` or unread data is left, as
     /// TCP sends a reset then), waits briefly for that to leave, and releases the connection
     /// now if the peer closed too, else when it does.
-    pub(crate) fn close(&self, abort: bool) {
-        let link_alive = {
+    pub(crate) fn close(self: &Arc<Self>, abort: bool) {
+        let (link_alive, failed) = {
             let mut state = self.state.lock();
             // Closed already (the socket's release, then its state's drop, both close).
             if state.closing {
@@ -875,19 +876,30 @@ impl Connection {
                 state.conn.close();
             }
             state.closing = true;
-            !state.link_dead
+            (!state.link_dead, state.error.is_some())
         };
         // Even a failed connection says it closed: the peer keeps its ring until it hears.
+        // A failed one does not wait for the message, as closing a reset TCP socket does not
+        // wait: its peer may be gone, and the transport's retries take seconds.
         if link_alive {
-            self.send_last_cdc();
+            if failed {
+                if let Ok(link) = self.link() {
+                    let _ = self.send_cdc(&link, false);
+                }
+            } else {
+                self.send_last_cdc();
+            }
         }
         self.unwatch_tcp();
         let peer_done = {
             let state = self.state.lock();
             state.link_dead || state.conn.peer_closed() || state.conn.peer_aborted()
         };
-        if peer_done {
-            self.release();
+        match (peer_done, failed) {
+            (false, _) => {}
+            // The release waits for the message in flight.
+            (true, true) => self.schedule_release(),
+            (true, false) => self.release(),
         }
     }
 
@@ -898,7 +910,7 @@ impl Connection {
             return;
         };
         if self.send_cdc(&link, false).is_ok() {
-            self.wait_for_state(CLOSE_TIMEOUT_MS, |state| state.inflight == 0);
+            self.wait_idle(CLOSE_TIMEOUT_MS);
         }
     }
 
@@ -919,7 +931,7 @@ impl Connection {
     }
 
     /// Takes the connection off its link and releases its buffers. Process context.
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         {
             let mut state = self.state.lock();
             if state.released {
@@ -938,7 +950,7 @@ impl Connection {
     /// Gives the link back this connection's buffers, if no work request of it is in flight
     /// (else the queue pair keeps them until it goes).
     fn detach_from(&self, link: &Link) {
-        if !self.wait_for_state(CLOSE_TIMEOUT_MS, |state| state.inflight == 0) {
+        if !self.wait_idle(CLOSE_TIMEOUT_MS) {
             return;
         }
         let resources = self.resources.lock();
@@ -950,8 +962,8 @@ impl Connection {
     }
 
     /// The device is going away: the connection fails (`ECONNABORTED`, as stock SMC's
-    /// smc_conn_kill), aborts towards the peer (the device still works while its clients are
-    /// removed), resets the handshake's TCP connection and is released.
+    /// smc_conn_kill), aborts towards the peer and resets the handshake's TCP connection. The
+    /// link then waits for the abort ([`Self::wait_idle`]) and releases the connection.
     pub(crate) fn device_removed(&self) {
         self.fail(ECONNABORTED);
         let tell_peer = {
@@ -962,14 +974,20 @@ impl Connection {
             open
         };
         if tell_peer {
-            self.send_last_cdc();
+            if let Ok(link) = self.link() {
+                // Best effort: the TCP reset below tells the peer for sure.
+                let _ = self.send_cdc(&link, false);
+            }
         }
-        // The message may not get out (rxe stops receiving acknowledgements before its
-        // clients are removed): resetting the TCP connection tells the peer for sure.
         if let Some(hook) = self.take_tcp_watch() {
             hook.socket().abort(ECONNABORTED);
         }
-        self.release();
+    }
+
+    /// Waits up to `wait_ms` milliseconds until none of the connection's work requests is in
+    /// flight; false if some still are.
+    pub(crate) fn wait_idle(&self, wait_ms: u32) -> bool {
+        self.wait_for_state(wait_ms, |state| state.inflight == 0)
     }
 }
 

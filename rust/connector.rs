@@ -11,7 +11,7 @@
 use crate::{
     af_smc::Transport,
     clc::{self, Outcome},
-    ffi::{kernel_socket::KernelSocket, sock::Sock},
+    ffi::{kernel_socket::KernelSocket, sock::Sock, workqueue},
 };
 use kernel::{
     prelude::*,
@@ -20,7 +20,7 @@ use kernel::{
         atomic::{Acquire, Atomic, Relaxed, Release},
         Arc,
     },
-    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
+    workqueue::{impl_has_work, new_work, Work, WorkItem},
 };
 
 /// A non-blocking connect in progress.
@@ -60,8 +60,8 @@ impl Connector {
             }? Error),
             GFP_KERNEL,
         )?;
-        // Handshakes wait for the network for seconds: not a job for the short-work queue.
-        workqueue::system_long()
+        // Handshakes wait for the network for seconds: rsmc's queue is unbound.
+        workqueue::queue()
             .enqueue(connector.clone())
             .map_err(|_| EBUSY)?;
         Ok(connector)

@@ -30,6 +30,7 @@ use kernel::{
         atomic::{Atomic, Relaxed},
         new_spinlock_irq, Arc, Mutex, SpinLockIrq,
     },
+    time::{Instant, Monotonic},
 };
 
 /// Send work requests in flight on a link, shared by its connections.
@@ -45,6 +46,9 @@ const CDC_SLOTS: usize = SQ_DEPTH as usize;
 pub(crate) const MAX_LINKS: usize = (CQ_ENTRIES / (SQ_DEPTH + RQ_DEPTH)) as usize;
 /// Send credits that wake connections waiting for them.
 const CREDITS_TO_WAKE: u32 = SQ_DEPTH / 8;
+/// How long a removed device's connections wait, together, for their aborts to leave, in
+/// milliseconds.
+const ABORT_WAIT_MS: u32 = 200;
 
 /// A `wr_id`'s kind, in bits 44..48 (the poller keeps bits 0..48 for us).
 const KIND_SHIFT: u32 = 44;
@@ -472,13 +476,27 @@ impl Link {
 
     /// The device is going away: every connection on the link ends (each leaves, the last
     /// tears the link down). Process context.
+    ///
+    /// All connections abort first and then share one bounded wait for their aborts: rxe
+    /// closes its UDP sockets before its clients are removed, so no acknowledgement comes
+    /// back and waiting out the transport retries per connection took seconds each. Moving
+    /// the queue pair to the error state then flushes what is still outstanding.
     pub(crate) fn device_removed(&self) {
         self.state.lock().dead = true;
+        self.for_each_conn(|conn| conn.device_removed());
+        let start = Instant::<Monotonic>::now();
+        self.for_each_conn(|conn| {
+            let waited = u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX);
+            conn.wait_idle(ABORT_WAIT_MS.saturating_sub(waited));
+        });
+        // A failure leaves the queue pair as it was: the releases below then wait for the
+        // retries instead.
+        let _ = self.qp.modify_to_error();
         loop {
             let Some(conn) = self.state.lock().conns.first().cloned() else {
                 return;
             };
-            conn.device_removed();
+            conn.release();
             // Whatever happened inside, the connection must be off the link now.
             self.leave(&conn);
         }

@@ -15,6 +15,7 @@ use crate::{
     ffi::{
         kernel_socket::{HookedEvent, KernelSocket, SockEvents, SockHook},
         sock::Sock,
+        workqueue,
     },
 };
 use kernel::{
@@ -25,7 +26,7 @@ use kernel::{
         atomic::{Atomic, Relaxed},
         new_spinlock, Arc, ArcBorrow, Mutex, SetOnce, SpinLock,
     },
-    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
+    workqueue::{impl_has_work, new_work, Work, WorkItem},
 };
 
 /// `O_NONBLOCK`.
@@ -131,7 +132,7 @@ impl Listener {
             };
             if let Ok(handshake) = Handshake::new(self.clone(), state) {
                 // Handshakes wait for the network: the unbound queue runs them side by side.
-                let _ = workqueue::system_unbound().enqueue(handshake);
+                let _ = workqueue::queue().enqueue(handshake);
             }
         }
     }
@@ -195,7 +196,7 @@ impl WorkItem for Handshake {
 impl SockEvents for Listener {
     fn data_ready(this: ArcBorrow<'_, Self>) {
         // Already queued is fine: the queued run takes every pending connection.
-        let _ = workqueue::system().enqueue(Arc::<Self>::from(this));
+        let _ = workqueue::queue().enqueue(Arc::<Self>::from(this));
     }
 }
 

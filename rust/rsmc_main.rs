@@ -39,10 +39,12 @@ module! {
 
 #[pin_data]
 struct Rsmc {
-    // Dropped in declaration order: no new sockets, then devices, then debugfs.
+    // Dropped in declaration order: no new sockets, then devices, then the work they queued,
+    // then debugfs.
     family: ffi::sock::FamilyRegistration,
     smc_option: ffi::sock::SmcSynOption,
     client: ib::DeviceTracking,
+    workqueue: ffi::workqueue::Registration,
     #[pin]
     debugfs: debugfs::Debugfs,
 }
@@ -55,6 +57,7 @@ impl kernel::InPlaceModule for Rsmc {
                 ffi::check_layouts()?;
                 debugfs::Debugfs::new()
             },
+            workqueue: ffi::workqueue::Registration::new()?,
             client: ib::register()?,
             smc_option: ffi::sock::SmcSynOption::enable(),
             family: af_smc::register()?,

@@ -25,10 +25,31 @@ static int load_smc(void)
 	return rsmc_load_module(path);
 }
 
+/*
+ * Waits up to 30 s for the connections of earlier programs to go: a closed connection holds
+ * its socket (and so the module) until its peer closed too, or until its link failed, which
+ * for a peer whose device was removed takes the transport's retries.
+ */
+static bool connections_gone(void)
+{
+	long links_a, conns_a, links_b, conns_b;
+
+	for (int tries = 0; tries < 300; tries++, msleep(100)) {
+		if (rsmc_device_links("rxe_a", &links_a, &conns_a) ||
+		    rsmc_device_links("rxe_b", &links_b, &conns_b))
+			return false;
+		if (!conns_a && !conns_b)
+			return true;
+	}
+	return false;
+}
+
 TEST(open_socket_pins_module)
 {
-	int fd = socket(AF_SMC, SOCK_STREAM, 0);
+	int fd;
 
+	ASSERT_TRUE(connections_gone()) TH_LOG("rsmc connections of earlier programs remain");
+	fd = socket(AF_SMC, SOCK_STREAM, 0);
 	ASSERT_LE(0, fd);
 	errno = 0;
 	EXPECT_EQ(-1, rsmc_delete_module("rsmc"));

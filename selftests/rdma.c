@@ -1263,6 +1263,9 @@ FIXTURE_TEARDOWN_PARENT(removal)
 /* How long a transfer may stall before the guard timeouts report it as hung. */
 #define REMOVAL_GUARD_S 20
 
+/* Bytes each way before the device goes. */
+#define FLOWING_BYTES (1u << 20)
+
 TEST_F_TIMEOUT(removal, device_removal, 300)
 {
 	static const char *const name[4] = {
@@ -1290,12 +1293,12 @@ TEST_F_TIMEOUT(removal, device_removal, 300)
 
 	duplex_init(x, cfd, sfd, BULK_BYTES, BULK_BYTES, 101, false);
 	duplex_start(_metadata, x, t);
-	/* Wait until data flows both ways. */
+	/* Wait until data flows both ways: several wraps of the rings. */
 	for (t0 = now_ms(); now_ms() - t0 < 60000; msleep(20))
-		if (xfer_done(&x[1]) >= (8u << 20) && xfer_done(&x[3]) >= (8u << 20))
+		if (xfer_done(&x[1]) >= FLOWING_BYTES && xfer_done(&x[3]) >= FLOWING_BYTES)
 			break;
-	EXPECT_LE(8u << 20, xfer_done(&x[1])) TH_LOG("client->server stalled before removal");
-	EXPECT_LE(8u << 20, xfer_done(&x[3])) TH_LOG("server->client stalled before removal");
+	EXPECT_LE(FLOWING_BYTES, xfer_done(&x[1])) TH_LOG("client->server stalled before removal");
+	EXPECT_LE(FLOWING_BYTES, xfer_done(&x[3])) TH_LOG("server->client stalled before removal");
 
 	ASSERT_EQ(0, system("ip netns exec rsmc_b rdma link del rxe_b"));
 	t_del = now_ms();

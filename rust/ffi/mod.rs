@@ -13,6 +13,7 @@ pub(crate) mod kernel_socket;
 pub(crate) mod napi;
 pub(crate) mod sock;
 pub(crate) mod verbs;
+pub(crate) mod workqueue;
 
 use core::{cell::UnsafeCell, mem::size_of};
 use kernel::prelude::*;

@@ -55,6 +55,11 @@ unsigned int rsmc_min_napi_id(void)
 	return MIN_NAPI_ID;
 }
 
+struct workqueue_struct *rsmc_alloc_workqueue(const char *name, unsigned int flags)
+{
+	return alloc_workqueue("%s", flags, 0, name);
+}
+
 void rsmc_netif_napi_add(struct net_device *dev, struct napi_struct *napi,
 			 int (*poll)(struct napi_struct *, int))
 {

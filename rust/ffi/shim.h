@@ -12,6 +12,7 @@
 #include <rdma/ib_verbs.h>
 #include <linux/tcp.h>
 #include <linux/uio.h>
+#include <linux/workqueue.h>
 
 unsigned int rsmc_min_napi_id(void);
 
@@ -42,6 +43,7 @@ void rsmc_netif_napi_del(struct napi_struct *napi);
 void rsmc_sock_set_custom_sockopt(struct socket *sock);
 void rsmc_dev_put(struct net_device *dev);
 sockptr_t rsmc_user_sockptr(void __user *ptr);
+struct workqueue_struct *rsmc_alloc_workqueue(const char *name, unsigned int flags);
 
 bool rsmc_ib_device_try_get(struct ib_device *device);
 void rsmc_ib_dealloc_pd(struct ib_pd *pd);
