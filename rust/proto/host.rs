@@ -14,4 +14,4 @@
 #[path = "mod.rs"]
 mod proto;
 
-pub use proto::{cdc, clc, conn, ring};
+pub use proto::{cdc, clc, conn, ring, zc};

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Protocol core of rsmc: ring-cursor arithmetic, the CLC and CDC wire formats and the
-//! connection data-path state machine.
+//! connection data-path state machine, and the completion cookies of zerocopy sends.
 //!
 //! Everything here is plain `core` Rust with no kernel dependencies, so the same code runs in the
 //! module and in host unit tests. Decoders accept arbitrary bytes from the network and never
@@ -13,3 +13,4 @@ pub mod conn;
 pub mod ring;
 #[cfg(any(test, CONFIG_KUNIT))]
 mod test_rng;
+pub mod zc;

@@ -58,4 +58,31 @@ struct rsmc_info {
 	__u64 tcp_rx_bytes;	/* payload bytes received over the internal TCP connection */
 };
 
+/*
+ * MSG_ZEROCOPY, after setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)), as for TCP:
+ * each send(..., MSG_ZEROCOPY) completes with a notification on the error queue.
+ *
+ * By default it is TCP's: recvmsg(fd, MSG_ERRQUEUE) returns a struct sock_extended_err with
+ * ee_origin SO_EE_ORIGIN_ZEROCOPY and the range of send ids [ee_info, ee_data], under
+ * SOL_IP/IP_RECVERR (SMCPROTO_SMC) or SOL_IPV6/IPV6_RECVERR (SMCPROTO_SMC6).
+ *
+ * A send may instead carry a cookie of the application's choosing, in a control message
+ *	cmsg_level SOL_SMC, cmsg_type RSMC_ZC_COOKIE, data __u32
+ * Such a send takes no id; its completion returns the cookie. While cookies are pending, a
+ * recvmsg(fd, MSG_ERRQUEUE) returns as many as fit its buffer as the data (__u32 each, in
+ * completion order, each exactly once) with a control message
+ *	cmsg_level SOL_SMC, cmsg_type RSMC_ZC_COOKIES, data struct rsmc_zc_cookies
+ * If more were pending than fit, MSG_TRUNC is set and the rest stay queued; with MSG_PEEK none
+ * is taken. So a read of rsmc_zc_cookies.pending * 4 bytes after a MSG_PEEK gets them all.
+ * Cookies are read before id ranges. A send finds ENOBUFS while a socket holds as many cookies
+ * (in flight or unread) as net.core.optmem_max / 4.
+ */
+#define RSMC_ZC_COOKIE	65
+#define RSMC_ZC_COOKIES	66
+
+struct rsmc_zc_cookies {
+	__u32 count;	/* cookies in this read's data */
+	__u32 pending;	/* cookies pending before this read: more than count sets MSG_TRUNC */
+};
+
 #endif /* _UAPI_LINUX_RSMC_H */
