@@ -18,6 +18,7 @@ use crate::{
         sock::{FamilyRegistration, FamilyTables, Sock, SockRef, Socket, SocketFamily, SOL_SOCKET},
     },
     listener::Listener,
+    zerocopy::Zerocopy,
 };
 use kernel::{
     ffi::c_long,
@@ -53,6 +54,10 @@ const MODE_TCP: u32 = 2;
 const SHUT_RD: i32 = 0;
 const SHUT_WR: i32 = 1;
 const SHUT_RDWR: i32 = 2;
+/// `SO_ZEROCOPY`.
+const SO_ZEROCOPY: i32 = 60;
+/// `MSG_ERRQUEUE`.
+const MSG_ERRQUEUE: i32 = 0x2000;
 
 /// `struct rsmc_info` (`include/uapi/linux/rsmc.h`), as bytes in its C layout.
 struct Info {
@@ -160,6 +165,8 @@ pub(crate) struct SmcSock {
     /// Set by a `connect` that returned `EINPROGRESS`: the rest of it.
     connector: SetOnce<Arc<Connector>>,
     transport: Arc<Transport>,
+    /// `MSG_ZEROCOPY` notifications.
+    zerocopy: Arc<Zerocopy>,
     tcp_tx_bytes: Atomic<u64>,
     tcp_rx_bytes: Atomic<u64>,
 }
@@ -172,6 +179,7 @@ impl SmcSock {
             listener: SetOnce::new(),
             connector: SetOnce::new(),
             transport: Transport::new()?,
+            zerocopy: Zerocopy::new()?,
             tcp_tx_bytes: Atomic::new(0),
             tcp_rx_bytes: Atomic::new(0),
         })
@@ -203,6 +211,18 @@ impl SmcSock {
         }
     }
 
+    /// Sends over the data path the handshake chose.
+    fn send(&self, sk: &Sock, msg: &mut MsgHdr, len: usize) -> Result<usize> {
+        if let Some(conn) = self.transport.rdma() {
+            return conn.sendmsg(sk, msg, len);
+        }
+        let sent = self.clc.sendmsg(msg, len)?;
+        if self.transport.mode() != MODE_NONE {
+            self.tcp_tx_bytes.add(sent as u64, Relaxed);
+        }
+        Ok(sent)
+    }
+
     fn info(&self) -> Info {
         let transport = &self.transport;
         let (rdma_tx_bytes, rdma_rx_bytes) =
@@ -223,6 +243,42 @@ struct AfSmc;
 
 static TABLES: FamilyTables =
     FamilyTables::new::<AfSmc>(&<crate::Rsmc as ModuleMetadata>::THIS_MODULE, "RSMC");
+
+impl AfSmc {
+    /// The poll mask of the socket's data path (or its handshake, or its listener).
+    fn poll_transport(
+        sock: &Socket<'_, Self>,
+        file: &mut File,
+        wait: Option<&mut PollTable>,
+    ) -> u32 {
+        let state = sock.state();
+        if state.connecting().is_some() {
+            // Not writable until connected, as TCP; the work item wakes this socket.
+            sock.poll_wait(file, wait);
+            return if sock.sk().has_error() { epoll::ERR } else { 0 };
+        }
+        if let Some(conn) = state.transport.rdma() {
+            sock.poll_wait(file, wait);
+            return conn.poll_mask();
+        }
+        if let Some(listener) = state.listener.as_ref() {
+            sock.poll_wait(file, wait);
+            return listener.poll_mask();
+        }
+        let clc = &state.clc;
+        let mut mask = clc.poll(file, wait);
+        // SO_ERROR is answered from this socket's `sk_err`: mirror the TCP socket's error
+        // (e.g. a refused connect) so pollers that then ask for it see it.
+        if let Some(err) = clc.pending_error() {
+            sock.sk().set_error(err);
+        }
+        // A failed non-blocking connect left its error here, not on the TCP socket.
+        if sock.sk().has_error() {
+            mask |= epoll::ERR;
+        }
+        mask
+    }
+}
 
 impl SocketFamily for AfSmc {
     const FAMILY: i32 = AF_SMC;
@@ -318,32 +374,13 @@ impl SocketFamily for AfSmc {
     }
 
     fn poll(sock: &Socket<'_, Self>, file: &mut File, wait: Option<&mut PollTable>) -> u32 {
-        let state = sock.state();
-        if state.connecting().is_some() {
-            // Not writable until connected, as TCP; the work item wakes this socket.
-            sock.poll_wait(file, wait);
-            return if sock.sk().has_error() { epoll::ERR } else { 0 };
+        let mask = Self::poll_transport(sock, file, wait);
+        // After the transport's poll put this socket's wait queue in the table.
+        if sock.state().zerocopy.pending(&sock.sk()) {
+            mask | epoll::ERR
+        } else {
+            mask
         }
-        if let Some(conn) = state.transport.rdma() {
-            sock.poll_wait(file, wait);
-            return conn.poll_mask();
-        }
-        if let Some(listener) = state.listener.as_ref() {
-            sock.poll_wait(file, wait);
-            return listener.poll_mask();
-        }
-        let clc = &state.clc;
-        let mut mask = clc.poll(file, wait);
-        // SO_ERROR is answered from this socket's `sk_err`: mirror the TCP socket's error
-        // (e.g. a refused connect) so pollers that then ask for it see it.
-        if let Some(err) = clc.pending_error() {
-            sock.sk().set_error(err);
-        }
-        // A failed non-blocking connect left its error here, not on the TCP socket.
-        if sock.sk().has_error() {
-            mask |= epoll::ERR;
-        }
-        mask
     }
 
     fn shutdown(sock: &Socket<'_, Self>, how: i32) -> Result {
@@ -371,6 +408,17 @@ impl SocketFamily for AfSmc {
     ) -> Result {
         if level == SOL_SMC {
             return Err(ENOPROTOOPT);
+        }
+        if level == SOL_SOCKET && name == SO_ZEROCOPY {
+            // The generic handler allows it for TCP, UDP and RDS only; the internal TCP
+            // socket does not send this socket's data zerocopy, so it is not told.
+            let on = match val.read_i32(len)? {
+                0 => false,
+                1 => true,
+                _ => return Err(EINVAL),
+            };
+            sock.sk().set_zerocopy(on);
+            return Ok(());
         }
         if level == SOL_SOCKET {
             // Socket-level options (timeouts, buffer sizes, keepalive, linger, reuseaddr)
@@ -405,19 +453,22 @@ impl SocketFamily for AfSmc {
         let state = sock.state();
         let sk = sock.sk();
         state.wait_connected(&sk, sk.sndtimeo(msg.flags() & MSG_DONTWAIT != 0))?;
-        if let Some(conn) = state.transport.rdma() {
-            return conn.sendmsg(&sk, msg, len);
-        }
-        let sent = state.clc.sendmsg(msg, len)?;
-        if state.transport.mode() != MODE_NONE {
-            state.tcp_tx_bytes.add(sent as u64, Relaxed);
-        }
-        Ok(sent)
+        let Some(notice) = state.zerocopy.start(&sk, msg, len)? else {
+            return state.send(&sk, msg, len);
+        };
+        // Both data paths copy the data, the RDMA one into its send buffer.
+        let sent = state.send(&sk, msg, len);
+        state.zerocopy.finish(&sk, notice, &sent, false);
+        sent
     }
 
     fn recvmsg(sock: &Socket<'_, Self>, msg: &mut MsgHdr, len: usize, flags: i32) -> Result<usize> {
         let state = sock.state();
         let sk = sock.sk();
+        if flags & MSG_ERRQUEUE != 0 {
+            let ipv6 = sk.protocol() == SMCPROTO_SMC6;
+            return state.zerocopy.recv(&sk, msg, len, flags, ipv6);
+        }
         state.wait_connected(&sk, sk.rcvtimeo(flags & MSG_DONTWAIT != 0))?;
         if let Some(conn) = state.transport.rdma() {
             return conn.recvmsg(&sk, msg, len, flags);

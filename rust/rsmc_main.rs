@@ -28,6 +28,7 @@ mod listener;
 mod poller;
 pub mod proto;
 mod verbs_test;
+mod zerocopy;
 
 module! {
     type: Rsmc,

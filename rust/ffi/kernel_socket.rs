@@ -92,6 +92,23 @@ impl SockPtr {
     pub(super) fn as_raw(self) -> sys::sockptr_t {
         self.0
     }
+
+    /// Reads an `int` option value of `len` bytes (`copy_safe_from_sockptr`): `EINVAL` if
+    /// shorter, `EFAULT` if it cannot be read.
+    pub(crate) fn read_i32(self, len: u32) -> Result<i32> {
+        let mut value = 0i32;
+        // SAFETY: `value` is valid for writes of its size; the pointer is the caller's option
+        // value of `len` bytes.
+        to_result(unsafe {
+            sys::rsmc_copy_safe_from_sockptr(
+                (&raw mut value).cast(),
+                size_of::<i32>(),
+                self.0,
+                len as usize,
+            )
+        })?;
+        Ok(value)
+    }
 }
 
 impl UserPtr {

@@ -14,13 +14,14 @@ pub(crate) mod napi;
 pub(crate) mod sock;
 pub(crate) mod verbs;
 pub(crate) mod workqueue;
+pub(crate) mod zerocopy;
 
 use core::{cell::UnsafeCell, mem::size_of};
 use kernel::prelude::*;
 
 /// The C structs whose fields Rust reads or writes through bindgen's layout, with bindgen's
 /// size of each, in the order of `rsmc_c_struct_sizes` in shim.c.
-const LAYOUT_CHECKED: [(&str, usize); 27] = [
+const LAYOUT_CHECKED: [(&str, usize); 28] = [
     ("proto_accept_arg", size_of::<sys::proto_accept_arg>()),
     ("napi_struct", size_of::<sys::napi_struct>()),
     ("socket", size_of::<sys::socket>()),
@@ -48,6 +49,7 @@ const LAYOUT_CHECKED: [(&str, usize); 27] = [
     ("msghdr", size_of::<sys::msghdr>()),
     ("kvec", size_of::<sys::kvec>()),
     ("wait_queue_entry", size_of::<sys::wait_queue_entry>()),
+    ("cmsghdr", size_of::<sys::cmsghdr>()),
 ];
 
 /// Refuses to run if bindgen laid out any struct Rust touches differently from the compiler.

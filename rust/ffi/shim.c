@@ -13,6 +13,7 @@ const size_t rsmc_c_struct_sizes[] = {
 	sizeof(struct ib_recv_wr), sizeof(struct ib_sge), sizeof(struct ib_wc),
 	sizeof(struct ib_cq_init_attr), sizeof(struct ib_port_attr), sizeof(struct scatterlist),
 	sizeof(struct msghdr), sizeof(struct kvec), sizeof(struct wait_queue_entry),
+	sizeof(struct cmsghdr),
 };
 
 size_t rsmc_sizeof_sock(void)
@@ -418,4 +419,69 @@ void rsmc_napi_set_defer(struct napi_struct *napi, u32 defer_hard_irqs,
 {
 	WRITE_ONCE(napi->defer_hard_irqs, defer_hard_irqs);
 	WRITE_ONCE(napi->gro_flush_timeout, gro_flush_timeout);
+}
+
+bool rsmc_sock_zerocopy(const struct sock *sk)
+{
+	return sock_flag(sk, SOCK_ZEROCOPY);
+}
+
+void rsmc_sock_set_zerocopy(struct sock *sk, bool on)
+{
+	sock_valbool_flag(sk, SOCK_ZEROCOPY, on);
+}
+
+bool rsmc_sk_errqueue_empty(const struct sock *sk)
+{
+	return skb_queue_empty_lockless(&sk->sk_error_queue);
+}
+
+void rsmc_sk_purge_error_queue(struct sock *sk)
+{
+	skb_queue_purge(&sk->sk_error_queue);
+}
+
+void rsmc_sk_set_destruct(struct sock *sk, void (*destruct)(struct sock *sk))
+{
+	sk->sk_destruct = destruct;
+}
+
+int rsmc_sk_optmem_max(const struct sock *sk)
+{
+	return READ_ONCE(sock_net(sk)->core.sysctl_optmem_max);
+}
+
+void rsmc_zerocopy_complete(struct ubuf_info *uarg, bool zerocopied)
+{
+	uarg->ops->complete(NULL, uarg, zerocopied);
+}
+
+struct cmsghdr *rsmc_cmsg_first(struct msghdr *msg)
+{
+	return CMSG_FIRSTHDR(msg);
+}
+
+struct cmsghdr *rsmc_cmsg_next(struct msghdr *msg, struct cmsghdr *cmsg)
+{
+	return CMSG_NXTHDR(msg, cmsg);
+}
+
+bool rsmc_cmsg_ok(struct msghdr *msg, struct cmsghdr *cmsg)
+{
+	return CMSG_OK(msg, cmsg);
+}
+
+void *rsmc_cmsg_data(struct cmsghdr *cmsg)
+{
+	return CMSG_DATA(cmsg);
+}
+
+size_t rsmc_cmsg_len(size_t data_len)
+{
+	return CMSG_LEN(data_len);
+}
+
+int rsmc_copy_safe_from_sockptr(void *dst, size_t ksize, sockptr_t optval, size_t optlen)
+{
+	return copy_safe_from_sockptr(dst, ksize, optval, optlen);
 }

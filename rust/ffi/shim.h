@@ -43,6 +43,7 @@ void rsmc_netif_napi_del(struct napi_struct *napi);
 void rsmc_sock_set_custom_sockopt(struct socket *sock);
 void rsmc_dev_put(struct net_device *dev);
 sockptr_t rsmc_user_sockptr(void __user *ptr);
+int rsmc_copy_safe_from_sockptr(void *dst, size_t ksize, sockptr_t optval, size_t optlen);
 struct workqueue_struct *rsmc_alloc_workqueue(const char *name, unsigned int flags);
 
 bool rsmc_ib_device_try_get(struct ib_device *device);
@@ -114,5 +115,20 @@ void rsmc_sk_busy_loop(struct sock *sk, bool (*loop_end)(void *, unsigned long),
 bool rsmc_napi_in_busy_poll(const struct napi_struct *napi);
 void rsmc_napi_set_defer(struct napi_struct *napi, u32 defer_hard_irqs,
 			 unsigned long gro_flush_timeout);
+
+
+/* MSG_ZEROCOPY: the socket flag, its notifications, the error queue and control messages. */
+bool rsmc_sock_zerocopy(const struct sock *sk);
+void rsmc_sock_set_zerocopy(struct sock *sk, bool on);
+bool rsmc_sk_errqueue_empty(const struct sock *sk);
+void rsmc_sk_purge_error_queue(struct sock *sk);
+void rsmc_sk_set_destruct(struct sock *sk, void (*destruct)(struct sock *sk));
+int rsmc_sk_optmem_max(const struct sock *sk);
+void rsmc_zerocopy_complete(struct ubuf_info *uarg, bool zerocopied);
+struct cmsghdr *rsmc_cmsg_first(struct msghdr *msg);
+struct cmsghdr *rsmc_cmsg_next(struct msghdr *msg, struct cmsghdr *cmsg);
+bool rsmc_cmsg_ok(struct msghdr *msg, struct cmsghdr *cmsg);
+void *rsmc_cmsg_data(struct cmsghdr *cmsg);
+size_t rsmc_cmsg_len(size_t data_len);
 
 #endif /* RSMC_SHIM_H */

@@ -155,7 +155,7 @@ unsafe impl AlwaysRefCounted for Sock {
 }
 
 impl Sock {
-    fn as_raw(&self) -> *mut sys::sock {
+    pub(super) fn as_raw(&self) -> *mut sys::sock {
         self.0.get()
     }
 
@@ -181,6 +181,12 @@ impl Sock {
     pub(crate) fn has_error(&self) -> bool {
         // SAFETY: `sk` is valid; `sk_err` is read racily by design.
         unsafe { sys::rsmc_sk_err(self.as_raw()) != 0 }
+    }
+
+    /// The `socket(2)` protocol (`SMCPROTO_SMC` or `SMCPROTO_SMC6` for `AF_SMC`).
+    pub(crate) fn protocol(&self) -> i32 {
+        // SAFETY: `sk` is valid; the protocol is set once, at creation.
+        i32::from(unsafe { sys::rsmc_sk_protocol(self.as_raw()) })
     }
 
     /// Whether `SO_LINGER` is on with a zero timeout: closing aborts the connection.
@@ -495,6 +501,7 @@ unsafe fn attach_sk<T: SocketFamily>(
         // CAST: protocol was checked by `check_create` (0 or 1 for AF_SMC).
         sys::rsmc_sk_set_protocol(sk, protocol as u16);
         sys::rsmc_sock_set_custom_sockopt(sock);
+        sys::rsmc_sk_set_destruct(sk, Some(destruct_callback));
     }
     // INVARIANT: `sk` stays allocated until after `make_state` returns.
     match make_state(&SockRef(sk, PhantomData)) {
@@ -564,6 +571,18 @@ unsafe extern "C" fn release_callback<T: SocketFamily>(sock: *mut sys::socket) -
         sys::rsmc_sock_put(sk);
     }
     0
+}
+
+/// The last reference to `sk` is gone: frees what is left on its error queue (`MSG_ZEROCOPY`
+/// notifications nobody read), as `inet_sock_destruct` does for TCP. Every notification holds
+/// a reference, so none can be queued after this.
+///
+/// # Safety
+///
+/// Called by `__sk_destruct` with a socket of ours that nothing else references.
+unsafe extern "C" fn destruct_callback(sk: *mut sys::sock) {
+    // SAFETY: The socket is valid and unshared, per the function's safety requirements.
+    unsafe { sys::rsmc_sk_purge_error_queue(sk) };
 }
 
 /// Generates a trampoline for a socket call that takes the socket first.

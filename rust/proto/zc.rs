@@ -34,9 +34,10 @@ pub struct NotReserved;
 /// What one error-queue read takes from the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
-    /// The cookies returned, in completion order: the storage slots of `first`, then those of
-    /// `second` (non-empty only when the batch wraps around the end of the storage).
+    /// The storage slots of the first cookies returned, in completion order.
     pub first: Range<usize>,
+    /// The slots of the rest, after `first`: non-empty only when the batch wraps around the
+    /// end of the storage.
     pub second: Range<usize>,
     /// How many cookies were completed and unread before this read: more than the batch holds
     /// when the caller's buffer was too small (the rest stay queued).
@@ -154,7 +155,7 @@ mod tests {
     /// The cookies of `batch`, copied out of `storage` into `out`; returns how many.
     fn copy_out(batch: &Batch, storage: &[u32], out: &mut [u32]) -> usize {
         let mut n = 0;
-        for slot in batch.first.clone().chain(batch.second.clone()) {
+        for slot in Iterator::chain(batch.first.clone(), batch.second.clone()) {
             out[n] = storage[slot];
             n += 1;
         }

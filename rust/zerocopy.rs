@@ -1,0 +1,194 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `MSG_ZEROCOPY` on an `AF_SMC` socket: `SO_ZEROCOPY`, one notification per zerocopy send
+//! (by TCP's id ranges, or by the cookie the application attached), and error-queue reads.
+//!
+//! Notification by id is the kernel's own (`msg_zerocopy_realloc`): ids, coalesced ranges and
+//! the `RLIMIT_MEMLOCK` accounting are exactly TCP's. Cookies are rsmc's: they queue in a
+//! [`CookieQueue`] and are read in batches (see `include/uapi/linux/rsmc.h`).
+//!
+//! A send whose data is copied (every send over the fallback TCP connection, and every send
+//! the RDMA path copies into its send buffer) completes its notification once the data is
+//! copied, with `SO_EE_CODE_ZEROCOPY_COPIED` for id ranges, as TCP reports sends it copied.
+
+use crate::{
+    ffi::{kernel_socket::MsgHdr, sock::Sock, zerocopy::ZcRange},
+    proto::zc::CookieQueue,
+};
+use kernel::{
+    new_mutex, new_spinlock_irq,
+    prelude::*,
+    sync::{Arc, Mutex, SpinLockIrq},
+};
+
+/// `SOL_SMC`.
+const SOL_SMC: i32 = 286;
+/// The control message carrying a send's cookie (`RSMC_ZC_COOKIE`).
+const RSMC_ZC_COOKIE: i32 = 65;
+/// The control message of a cookie batch (`RSMC_ZC_COOKIES`).
+const RSMC_ZC_COOKIES: i32 = 66;
+/// `MSG_ZEROCOPY`.
+pub(crate) const MSG_ZEROCOPY: i32 = 0x400_0000;
+/// `MSG_PEEK`.
+const MSG_PEEK: i32 = 2;
+/// Upper bound of a socket's cookie slots, whatever `optmem_max` says.
+const MAX_COOKIES: u32 = 1 << 16;
+
+/// How a zerocopy send is notified.
+pub(crate) enum Notice {
+    /// By id range on the error queue.
+    Range(ZcRange),
+    /// By this cookie, whose slot is reserved in the socket's queue.
+    Cookie(u32),
+}
+
+/// The completed cookies and their storage.
+struct Cookies {
+    queue: CookieQueue,
+    /// `queue.capacity()` slots; empty until the socket's first cookie send.
+    storage: KVVec<u32>,
+}
+
+/// The zerocopy state of one socket.
+#[pin_data]
+pub(crate) struct Zerocopy {
+    /// Taken in completion context: irq-safe.
+    #[pin]
+    cookies: SpinLockIrq<Cookies>,
+    /// Serialises error-queue readers: a batch is copied out before it is taken.
+    #[pin]
+    reader: Mutex<()>,
+}
+
+impl Zerocopy {
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                cookies <- new_spinlock_irq!(Cookies {
+                    queue: CookieQueue::new(0),
+                    storage: KVVec::new(),
+                }),
+                reader <- new_mutex!(()),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// The notice of a send of `len` bytes: `None` unless it is a zerocopy send (`MSG_ZEROCOPY`
+    /// with `SO_ZEROCOPY` on). `EINVAL` for a cookie on any other send, `ENOBUFS` if the
+    /// memory lock limit, the socket's optmem or its cookie slots are used up.
+    pub(crate) fn start(&self, sk: &Sock, msg: &mut MsgHdr, len: usize) -> Result<Option<Notice>> {
+        let cookie = msg.cmsg_u32(SOL_SMC, RSMC_ZC_COOKIE)?;
+        let zerocopy = msg.flags() & MSG_ZEROCOPY != 0 && sk.zerocopy();
+        match (zerocopy, cookie) {
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err(EINVAL),
+            (true, None) => Ok(Some(Notice::Range(ZcRange::new(sk, len)?))),
+            (true, Some(cookie)) => {
+                self.reserve(sk)?;
+                Ok(Some(Notice::Cookie(cookie)))
+            }
+        }
+    }
+
+    /// The send of `notice` ended with `sent`: a send that moved bytes notifies (its data was
+    /// copied unless `zerocopied`); one that moved none takes its notice back.
+    pub(crate) fn finish(&self, sk: &Sock, notice: Notice, sent: &Result<usize>, zerocopied: bool) {
+        let moved = matches!(sent, Ok(n) if *n > 0);
+        match notice {
+            Notice::Range(range) if moved => range.complete(zerocopied),
+            Notice::Range(range) => range.abort(),
+            Notice::Cookie(cookie) => {
+                {
+                    let mut cookies = self.cookies.lock();
+                    let Cookies { queue, storage } = &mut *cookies;
+                    // Cannot fail: `start` reserved the slot.
+                    let _ = if moved {
+                        queue.complete(storage, cookie)
+                    } else {
+                        queue.unreserve()
+                    };
+                }
+                if moved {
+                    sk.error_report();
+                }
+            }
+        }
+    }
+
+    /// Reserves a cookie slot, allocating the socket's slots on its first cookie send.
+    fn reserve(&self, sk: &Sock) -> Result {
+        if self.cookies.lock().storage.is_empty() {
+            let slots = (sk.optmem_max() / 4).clamp(1, MAX_COOKIES);
+            // CAST: At most `MAX_COOKIES`.
+            let storage = KVVec::from_elem(0u32, slots as usize, GFP_KERNEL)?;
+            let mut cookies = self.cookies.lock();
+            if cookies.storage.is_empty() {
+                // Dropped under the lock, but empty: nothing is freed.
+                let _ = core::mem::replace(&mut cookies.storage, storage);
+                cookies.queue = CookieQueue::new(slots);
+            }
+        }
+        if self.cookies.lock().queue.reserve() {
+            Ok(())
+        } else {
+            Err(ENOBUFS)
+        }
+    }
+
+    /// Whether a read of the error queue would return something (`EPOLLERR`).
+    pub(crate) fn pending(&self, sk: &Sock) -> bool {
+        self.cookies.lock().queue.pending() > 0 || sk.error_queue_pending()
+    }
+
+    /// `recvmsg(MSG_ERRQUEUE)`: a batch of completed cookies if any is pending, else the
+    /// next id-range notification (under IPv6's control message if `ipv6`); `EAGAIN` if none.
+    pub(crate) fn recv(
+        &self,
+        sk: &Sock,
+        msg: &mut MsgHdr,
+        len: usize,
+        flags: i32,
+        ipv6: bool,
+    ) -> Result<usize> {
+        let reader = self.reader.lock();
+        let room = u32::try_from(len / 4).unwrap_or(u32::MAX);
+        let count = {
+            let mut cookies = self.cookies.lock();
+            match cookies.queue.pending() {
+                0 => None,
+                _ => Some(cookies.queue.read(room, true).len()),
+            }
+        };
+        let Some(count) = count else {
+            drop(reader);
+            return sk.recv_error_queue(msg, len, ipv6);
+        };
+        // Readers are serialised and completions only append: the batch is the same below.
+        let mut bytes = KVVec::from_elem(0u8, count as usize * 4, GFP_KERNEL)?;
+        let pending = {
+            let mut cookies = self.cookies.lock();
+            let Cookies { queue, storage } = &mut *cookies;
+            let batch = queue.read(count, true);
+            let slots = Iterator::chain(batch.first.clone(), batch.second.clone());
+            for (out, slot) in bytes.chunks_exact_mut(4).zip(slots) {
+                out.copy_from_slice(&storage[slot].to_ne_bytes());
+            }
+            batch.pending
+        };
+        if msg.copy_out(&bytes) < bytes.len() {
+            return Err(EFAULT);
+        }
+        let mut info = [0u8; 8];
+        info[..4].copy_from_slice(&count.to_ne_bytes());
+        info[4..].copy_from_slice(&pending.to_ne_bytes());
+        msg.put_cmsg(SOL_SMC, RSMC_ZC_COOKIES, &info)?;
+        if count < pending {
+            msg.set_truncated();
+        }
+        if flags & MSG_PEEK == 0 {
+            self.cookies.lock().queue.read(count, false);
+        }
+        Ok(bytes.len())
+    }
+}
