@@ -453,13 +453,9 @@ impl SocketFamily for AfSmc {
         let state = sock.state();
         let sk = sock.sk();
         state.wait_connected(&sk, sk.sndtimeo(msg.flags() & MSG_DONTWAIT != 0))?;
-        let Some(notice) = state.zerocopy.start(&sk, msg, len)? else {
-            return state.send(&sk, msg, len);
-        };
-        // Both data paths copy the data, the RDMA one into its send buffer.
-        let sent = state.send(&sk, msg, len);
-        state.zerocopy.finish(&sk, notice, &sent, false);
-        sent
+        state
+            .zerocopy
+            .send(&sk, msg, len, |msg| state.send(&sk, msg, len))
     }
 
     fn recvmsg(sock: &Socket<'_, Self>, msg: &mut MsgHdr, len: usize, flags: i32) -> Result<usize> {

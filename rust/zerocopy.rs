@@ -35,7 +35,7 @@ const MSG_PEEK: i32 = 2;
 const MAX_COOKIES: u32 = 1 << 16;
 
 /// How a zerocopy send is notified.
-pub(crate) enum Notice {
+enum Notice {
     /// By id range on the error queue.
     Range(ZcRange),
     /// By this cookie, whose slot is reserved in the socket's queue.
@@ -58,6 +58,10 @@ pub(crate) struct Zerocopy {
     /// Serialises error-queue readers: a batch is copied out before it is taken.
     #[pin]
     reader: Mutex<()>,
+    /// Serialises zerocopy sends, as the socket lock does for TCP's: a failed send gives its
+    /// id back, which is only right if no other send took the next one meanwhile.
+    #[pin]
+    sender: Mutex<()>,
 }
 
 impl Zerocopy {
@@ -69,15 +73,35 @@ impl Zerocopy {
                     storage: KVVec::new(),
                 }),
                 reader <- new_mutex!(()),
+                sender <- new_mutex!(()),
             }),
             GFP_KERNEL,
         )
     }
 
-    /// The notice of a send of `len` bytes: `None` unless it is a zerocopy send (`MSG_ZEROCOPY`
-    /// with `SO_ZEROCOPY` on). `EINVAL` for a cookie on any other send, `ENOBUFS` if the
-    /// memory lock limit, the socket's optmem or its cookie slots are used up.
-    pub(crate) fn start(&self, sk: &Sock, msg: &mut MsgHdr, len: usize) -> Result<Option<Notice>> {
+    /// Sends `msg` (`len` bytes) with `send`, which copies the data; a zerocopy send
+    /// (`MSG_ZEROCOPY` with `SO_ZEROCOPY` on) is notified once it moved bytes. `EINVAL` for a
+    /// cookie on any other send; `ENOBUFS` if the memory lock limit, the socket's optmem or
+    /// its cookie slots are used up.
+    pub(crate) fn send(
+        &self,
+        sk: &Sock,
+        msg: &mut MsgHdr,
+        len: usize,
+        send: impl FnOnce(&mut MsgHdr) -> Result<usize>,
+    ) -> Result<usize> {
+        let turn = self.sender.lock();
+        let Some(notice) = self.start(sk, msg, len)? else {
+            drop(turn);
+            return send(msg);
+        };
+        let sent = send(msg);
+        self.finish(sk, notice, &sent, false);
+        sent
+    }
+
+    /// The notice of a send of `len` bytes: `None` unless it is a zerocopy send.
+    fn start(&self, sk: &Sock, msg: &mut MsgHdr, len: usize) -> Result<Option<Notice>> {
         let cookie = msg.cmsg_u32(SOL_SMC, RSMC_ZC_COOKIE)?;
         let zerocopy = msg.flags() & MSG_ZEROCOPY != 0 && sk.zerocopy();
         match (zerocopy, cookie) {
@@ -93,7 +117,7 @@ impl Zerocopy {
 
     /// The send of `notice` ended with `sent`: a send that moved bytes notifies (its data was
     /// copied unless `zerocopied`); one that moved none takes its notice back.
-    pub(crate) fn finish(&self, sk: &Sock, notice: Notice, sent: &Result<usize>, zerocopied: bool) {
+    fn finish(&self, sk: &Sock, notice: Notice, sent: &Result<usize>, zerocopied: bool) {
         let moved = matches!(sent, Ok(n) if *n > 0);
         match notice {
             Notice::Range(range) if moved => range.complete(zerocopied),
