@@ -9,7 +9,7 @@
 
 use crate::{
     clc::{self, Outcome},
-    connection::{epoll, Connection},
+    connection::{epoll, Connection, ZcSend},
     connector::Connector,
     ffi::{
         kernel_socket::{
@@ -211,10 +211,20 @@ impl SmcSock {
         }
     }
 
-    /// Sends over the data path the handshake chose.
-    fn send(&self, sk: &Sock, msg: &mut MsgHdr, len: usize) -> Result<usize> {
+    /// Sends over the data path the handshake chose; `zc` is a zerocopy send's notification.
+    fn send(
+        &self,
+        sk: &Sock,
+        msg: &mut MsgHdr,
+        len: usize,
+        zc: Option<&dyn ZcSend>,
+    ) -> Result<usize> {
         if let Some(conn) = self.transport.rdma() {
-            return conn.sendmsg(sk, msg, len);
+            return conn.sendmsg(sk, msg, len, zc);
+        }
+        // The TCP socket copies.
+        if let Some(zc) = zc {
+            zc.copied();
         }
         let sent = self.clc.sendmsg(msg, len)?;
         if self.transport.mode() != MODE_NONE {
@@ -455,7 +465,7 @@ impl SocketFamily for AfSmc {
         state.wait_connected(&sk, sk.sndtimeo(msg.flags() & MSG_DONTWAIT != 0))?;
         state
             .zerocopy
-            .send(&sk, msg, len, |msg| state.send(&sk, msg, len))
+            .send(&sk, msg, len, |msg, zc| state.send(&sk, msg, len, zc))
     }
 
     fn recvmsg(sock: &Socket<'_, Self>, msg: &mut MsgHdr, len: usize, flags: i32) -> Result<usize> {

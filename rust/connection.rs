@@ -28,7 +28,7 @@ use crate::{
         ib::RoceGid,
         kernel_socket::{HookedEvent, KernelSocket, MsgHdr, SockEvents, SockHook},
         sock::Sock,
-        verbs::{DmaBuffer, DmaDirection, Mr},
+        verbs::{DmaBuffer, DmaDirection, Mr, PinnedMemory, PinnedPages},
         workqueue,
     },
     ib::Device,
@@ -56,6 +56,9 @@ use kernel::{
 /// Send credits one send step needs: two RDMA WRITEs (the bytes may wrap around the end of
 /// the ring) and the SEND of the cursor message.
 pub(crate) const WRS_PER_SEND: u32 = 3;
+/// The smallest chunk of a zerocopy send written from its pinned pages; smaller ones are copied,
+/// which costs less than pinning and mapping.
+pub(crate) const ZC_MIN_BYTES: usize = 8192;
 /// How long the registration of the receive ring may take, in milliseconds.
 const REGISTER_TIMEOUT_MS: u32 = 5000;
 /// How long closing waits for the last cursor message to leave, in milliseconds.
@@ -104,6 +107,12 @@ struct State {
     peer_rkey: u32,
     /// This connection's work requests in flight on the link.
     inflight: u32,
+    /// This connection's work requests posted, and completed, since it began.
+    posted: u64,
+    finished: u64,
+    /// Pinned pages of zerocopy sends, each with the number `finished` reaches once the last
+    /// work request that reads them completed, oldest first.
+    zc_chunks: KVec<(u64, Arc<dyn PinnedMemory>)>,
     /// A cursor message is owed but the link had no send credit: sent when it has.
     cdc_owed: bool,
     /// The receive ring's registration completed.
@@ -118,6 +127,29 @@ struct State {
     closing: bool,
     /// Off the link, buffers released (once).
     released: bool,
+}
+
+impl State {
+    /// One of the connection's work requests is being posted.
+    fn post_begin(&mut self) {
+        self.inflight += 1;
+        self.posted += 1;
+    }
+
+    /// Posting it failed: it is not on the queue.
+    fn post_failed(&mut self) {
+        self.inflight -= 1;
+        self.posted -= 1;
+    }
+}
+
+/// What a zerocopy send gives the data path (see `crate::zerocopy`).
+pub(crate) trait ZcSend {
+    /// Wraps a chunk of the send's pinned pages with the send's notification; the queue pair
+    /// holds the result until the device is done with the pages.
+    fn chunk(&self, pages: PinnedPages) -> Result<Arc<dyn PinnedMemory>>;
+    /// Some of the send's data was copied instead.
+    fn copied(&self);
 }
 
 /// A connection's buffers, and the device they are on.
@@ -194,6 +226,9 @@ impl Connection {
                     peer_ring_addr: 0,
                     peer_rkey: 0,
                     inflight: 0,
+                    posted: 0,
+                    finished: 0,
+                    zc_chunks: KVec::new(),
                     cdc_owed: false,
                     registered: false,
                     error: None,
@@ -322,9 +357,9 @@ impl Connection {
             }
             fsleep(Delta::from_millis(1));
         }
-        self.state.lock().inflight += 1;
+        self.state.lock().post_begin();
         if let Err(err) = link.post_registration(self.token(), &rx_ring) {
-            self.state.lock().inflight -= 1;
+            self.state.lock().post_failed();
             link.return_credits(1);
             return Err(err);
         }
@@ -422,12 +457,12 @@ impl Connection {
                 state.cdc_owed = true;
                 return Ok(());
             }
-            state.inflight += 1;
+            state.post_begin();
             state.conn.next_cdc()
         };
         let posted = link.post_cdc(self.token(), &msg);
         if posted.is_err() {
-            self.state.lock().inflight -= 1;
+            self.state.lock().post_failed();
             if !reserved {
                 link.return_credits(1);
             }
@@ -481,18 +516,44 @@ impl Connection {
         self.wake(Sock::write_space);
     }
 
-    /// One of this connection's work requests finished.
-    pub(crate) fn work_finished(&self, what: Finished, ok: bool) {
+    /// One of this connection's work requests on `link` finished.
+    pub(crate) fn work_finished(&self, link: &Link, what: Finished, ok: bool) {
         {
             let mut state = self.state.lock();
             state.inflight = state.inflight.saturating_sub(1);
+            state.finished += 1;
             if what == Finished::Registration {
                 state.registered = ok;
             }
         }
+        self.release_zc_chunks(link);
         self.state_changed.notify_all();
         if !ok {
             self.fail(ECONNRESET);
+        }
+    }
+
+    /// Gives back the pinned pages whose work requests all completed: the last reference
+    /// unpins them, and the last chunk of a send notifies it.
+    fn release_zc_chunks(&self, link: &Link) {
+        loop {
+            let chunk = {
+                let mut state = self.state.lock();
+                match state.zc_chunks.first() {
+                    Some((done_at, _)) if *done_at <= state.finished => {
+                        state.zc_chunks.remove(0).ok().map(|(_, chunk)| chunk)
+                    }
+                    _ => None,
+                }
+            };
+            let Some(chunk) = chunk else {
+                return;
+            };
+            // SAFETY: `finished` counts this connection's completions, which come in the order
+            // of the send queue; the chunk's last write was posted under the state lock as
+            // work request number `done_at`, so no more than `done_at - 1` of ours precede it
+            // on the queue, and it is among the first `done_at` to complete.
+            unsafe { link.detach_pinned(chunk.pages()) };
         }
     }
 
@@ -560,8 +621,16 @@ impl Connection {
         }
     }
 
-    /// `sendmsg`: copies into the send buffer and writes to the peer as its window allows.
-    pub(crate) fn sendmsg(&self, sk: &Sock, msg: &mut MsgHdr, len: usize) -> Result<usize> {
+    /// `sendmsg`: copies into the send buffer and writes to the peer as its window allows; a
+    /// zerocopy send (`zc`) writes straight from the pinned pages of chunks of
+    /// [`ZC_MIN_BYTES`] or more.
+    pub(crate) fn sendmsg(
+        &self,
+        sk: &Sock,
+        msg: &mut MsgHdr,
+        len: usize,
+        zc: Option<&dyn ZcSend>,
+    ) -> Result<usize> {
         let _tx = self.tx_lock.lock();
         let flags = msg.flags();
         let mut timeo = sk.sndtimeo(flags & MSG_DONTWAIT != 0);
@@ -590,7 +659,7 @@ impl Connection {
                 Err(_) if sent == 0 => return Err(sk.stream_error(flags, EPIPE)),
                 Err(_) => break,
             };
-            match self.send_step(msg, room) {
+            match self.send_step(msg, room, zc) {
                 Ok(0) => break,
                 Ok(n) => sent += n,
                 Err(err) if sent == 0 => return Err(err),
@@ -636,10 +705,14 @@ impl Connection {
     /// Copies up to `room` bytes of `msg` into the send buffer, writes them to the peer and
     /// announces them, with the credits [`Connection::send_room`] took; returns how many
     /// bytes were sent.
-    fn send_step(&self, msg: &mut MsgHdr, room: u32) -> Result<usize> {
+    fn send_step(&self, msg: &mut MsgHdr, room: u32, zc: Option<&dyn ZcSend>) -> Result<usize> {
         let link = self.link()?;
         let mut credits = WRS_PER_SEND;
-        let sent = self.send_with_credits(&link, msg, room, &mut credits);
+        let sent = match zc.map(|zc| self.send_pinned(&link, msg, room, zc, &mut credits)) {
+            Some(Ok(Some(sent))) => Ok(sent),
+            Some(Err(err)) => Err(err),
+            None | Some(Ok(None)) => self.send_with_credits(&link, msg, room, &mut credits),
+        };
         if credits > 0 {
             link.return_credits(credits);
         }
@@ -647,6 +720,75 @@ impl Connection {
             self.fail(err);
         }
         sent
+    }
+
+    /// Writes up to `room` bytes of a zerocopy send straight from its pinned pages, with the
+    /// credits [`Connection::send_room`] took; `None` if they are copied instead (too few, or
+    /// not pinnable user memory).
+    fn send_pinned(
+        &self,
+        link: &Link,
+        msg: &mut MsgHdr,
+        room: u32,
+        zc: &dyn ZcSend,
+        credits: &mut u32,
+    ) -> Result<Option<usize>> {
+        let room = room as usize;
+        let reserved =
+            room >= ZC_MIN_BYTES && self.state.lock().zc_chunks.reserve(1, GFP_ATOMIC).is_ok();
+        let pinned = if reserved {
+            PinnedPages::pin(link.device().registered(), msg, room)?
+        } else {
+            None
+        };
+        let Some(pages) = pinned else {
+            zc.copied();
+            return Ok(None);
+        };
+        let chunk = zc.chunk(pages)?;
+        let pages = chunk.pages();
+        // CAST: At most `room`, a `u32`.
+        let len = pages.len() as u32;
+        let (segments, remote_base, rkey) = {
+            let state = self.state.lock();
+            let segments = state.conn.write_segments(len).ok_or(EINVAL)?;
+            (segments, state.peer_ring_addr, state.peer_rkey)
+        };
+        link.attach_pinned(chunk.clone())?;
+        let token = self.token();
+        let mut offset = 0usize;
+        for (i, segment) in segments.iter().enumerate() {
+            let span = (offset, segment.len as usize);
+            let remote = remote_base + u64::from(segment.offset);
+            // Posted under the state lock, so that its number orders it on the send queue
+            // (see `release_zc_chunks`).
+            let mut state = self.state.lock();
+            state.post_begin();
+            if let Err(err) = link.post_write_pinned(token, pages, span, remote, rkey) {
+                state.post_failed();
+                drop(state);
+                // A later write's earlier ones are posted: then the queue pair keeps the pages
+                // until it is destroyed.
+                if i == 0 {
+                    // SAFETY: Nothing that reads the pages was posted.
+                    unsafe { link.detach_pinned(pages) };
+                }
+                return Err(err);
+            }
+            if i + 1 == 1 + usize::from(segments.second.is_some()) {
+                let done_at = state.posted;
+                // Room was reserved above.
+                let _ = state.zc_chunks.push((done_at, chunk.clone()), GFP_ATOMIC);
+            }
+            drop(state);
+            *credits -= 1;
+            offset += segment.len as usize;
+        }
+        self.state.lock().conn.produce(len);
+        *credits -= 1;
+        self.send_cdc(link, true)?;
+        self.rdma_tx_bytes.add(u64::from(len), Relaxed);
+        Ok(Some(len as usize))
     }
 
     fn send_with_credits(
@@ -679,11 +821,11 @@ impl Connection {
         let token = self.token();
         for segment in segments.iter() {
             let sge = tx_buf.sge(segment.offset as usize, segment.len as usize, lkey)?;
-            self.state.lock().inflight += 1;
+            self.state.lock().post_begin();
             let posted =
                 link.post_write(token, &sge, remote_base + u64::from(segment.offset), rkey);
             if let Err(err) = posted {
-                self.state.lock().inflight -= 1;
+                self.state.lock().post_failed();
                 return Err(err);
             }
             *credits -= 1;

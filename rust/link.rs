@@ -17,7 +17,10 @@ use crate::{
     connection::Connection,
     ffi::{
         ib::RoceGid,
-        verbs::{Access, DmaBuffer, DmaDirection, Mr, Qp, RemoteQp, Sge, WcStatus, WorkCompletion},
+        verbs::{
+            Access, DmaBuffer, DmaDirection, Mr, PinnedMemory, PinnedPages, Qp, RemoteQp, Sge,
+            WcStatus, WorkCompletion,
+        },
     },
     ib::Device,
     poller::{CompletionSink, SinkRegistration, CQ_ENTRIES},
@@ -372,6 +375,45 @@ impl Link {
         )
     }
 
+    /// Lets the queue pair read `memory` (a zerocopy send's pinned pages) until
+    /// [`Link::detach_pinned`].
+    pub(crate) fn attach_pinned(&self, memory: Arc<dyn PinnedMemory>) -> Result {
+        self.qp.attach_pinned(memory)
+    }
+
+    /// Takes back the pinned pages `pages` from the queue pair.
+    ///
+    /// # Safety
+    ///
+    /// None of the work requests that read `pages` may be outstanding.
+    pub(crate) unsafe fn detach_pinned(&self, pages: &PinnedPages) {
+        // SAFETY: The caller's promise.
+        unsafe { self.qp.detach_pinned(pages) };
+    }
+
+    /// RDMA-writes bytes `offset..offset + len` of `pages` (attached with
+    /// [`Link::attach_pinned`]) to `remote_addr` of the peer's region `rkey`, with a credit the
+    /// caller took.
+    pub(crate) fn post_write_pinned(
+        &self,
+        token: u32,
+        pages: &PinnedPages,
+        (offset, len): (usize, usize),
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result {
+        self.qp.post_rdma_write_pinned(
+            self.wr_id(WR_WRITE, 0, token),
+            pages,
+            offset,
+            len,
+            self.lkey,
+            remote_addr,
+            rkey,
+            true,
+        )
+    }
+
     /// Sends the cursor message `msg`, with a credit the caller took.
     pub(crate) fn post_cdc(&self, token: u32, msg: &cdc::Message) -> Result {
         let mut bytes = [0u8; cdc::MSG_LEN];
@@ -554,7 +596,7 @@ impl CompletionSink for Link {
         };
         let ok = wc.status() == WcStatus::SUCCESS;
         if let Some(conn) = self.conn(low) {
-            conn.work_finished(finished, ok);
+            conn.work_finished(self, finished, ok);
         }
         self.credits_back(1);
         if !ok {

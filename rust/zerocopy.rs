@@ -7,18 +7,30 @@
 //! the `RLIMIT_MEMLOCK` accounting are exactly TCP's. Cookies are rsmc's: they queue in a
 //! [`CookieQueue`] and are read in batches (see `include/uapi/linux/rsmc.h`).
 //!
-//! A send whose data is copied (every send over the fallback TCP connection, and every send
-//! the RDMA path copies into its send buffer) completes its notification once the data is
-//! copied, with `SO_EE_CODE_ZEROCOPY_COPIED` for id ranges, as TCP reports sends it copied.
+//! Over RDMA a send writes chunks of [`crate::connection::ZC_MIN_BYTES`] or more straight from the application's
+//! pinned pages; its notification fires once the device is done with the last of them (the
+//! chunks hold it, and the queue pair holds the chunks until their writes completed). Data that
+//! is copied instead (smaller chunks, memory that cannot be pinned, the TCP fallback) makes an
+//! id range carry `SO_EE_CODE_ZEROCOPY_COPIED`, as TCP reports sends it copied.
 
 use crate::{
-    ffi::{kernel_socket::MsgHdr, sock::Sock, zerocopy::ZcRange},
+    connection::ZcSend,
+    ffi::{
+        kernel_socket::MsgHdr,
+        sock::Sock,
+        verbs::{PinnedMemory, PinnedPages},
+        zerocopy::{MemlockCharge, ZcRange},
+    },
     proto::zc::CookieQueue,
 };
 use kernel::{
     new_mutex, new_spinlock_irq,
     prelude::*,
-    sync::{Arc, Mutex, SpinLockIrq},
+    sync::{
+        aref::ARef,
+        atomic::{Atomic, Relaxed},
+        Arc, Mutex, SpinLockIrq,
+    },
 };
 
 /// `SOL_SMC`.
@@ -38,8 +50,63 @@ const MAX_COOKIES: u32 = 1 << 16;
 enum Notice {
     /// By id range on the error queue.
     Range(ZcRange),
-    /// By this cookie, whose slot is reserved in the socket's queue.
-    Cookie(u32),
+    /// By this cookie, whose slot is reserved in the socket's queue; the send's pinned pages
+    /// are charged to its user as an id range's are.
+    Cookie(u32, MemlockCharge),
+}
+
+/// A zerocopy send's notification, shared by the send and its pinned chunks: it fires when the
+/// last reference goes (the send returned, and the device is done with every chunk), possibly
+/// from a NAPI poll.
+#[pin_data(PinnedDrop)]
+pub(crate) struct ZcNotice {
+    zc: Arc<Zerocopy>,
+    sk: ARef<Sock>,
+    /// Taken when it fires, or by a send that moved no byte.
+    #[pin]
+    notice: SpinLockIrq<Option<Notice>>,
+    /// Some of the data was copied.
+    copied: Atomic<bool>,
+}
+
+#[pinned_drop]
+impl PinnedDrop for ZcNotice {
+    fn drop(self: Pin<&mut Self>) {
+        let notice = self.notice.lock().take();
+        if let Some(notice) = notice {
+            self.zc.notify(&self.sk, notice, !self.copied.load(Relaxed));
+        }
+    }
+}
+
+impl ZcSend for Arc<ZcNotice> {
+    fn chunk(&self, pages: PinnedPages) -> Result<Arc<dyn PinnedMemory>> {
+        let chunk = Arc::new(
+            ZcChunk {
+                pages,
+                _notice: self.clone(),
+            },
+            GFP_KERNEL,
+        )?;
+        Ok(chunk)
+    }
+
+    fn copied(&self) {
+        self.copied.store(true, Relaxed);
+    }
+}
+
+/// Pinned pages of one chunk of a zerocopy send. Dropped in field order: the pages are unpinned
+/// before the notification can fire.
+struct ZcChunk {
+    pages: PinnedPages,
+    _notice: Arc<ZcNotice>,
+}
+
+impl PinnedMemory for ZcChunk {
+    fn pages(&self) -> &PinnedPages {
+        &self.pages
+    }
 }
 
 /// The completed cookies and their storage.
@@ -79,63 +146,80 @@ impl Zerocopy {
         )
     }
 
-    /// Sends `msg` (`len` bytes) with `send`, which copies the data; a zerocopy send
-    /// (`MSG_ZEROCOPY` with `SO_ZEROCOPY` on) is notified once it moved bytes. `EINVAL` for a
-    /// cookie on any other send; `ENOBUFS` if the memory lock limit, the socket's optmem or
-    /// its cookie slots are used up.
+    /// Sends `msg` (`len` bytes) with `send`, which gets the notification of a zerocopy send
+    /// (`MSG_ZEROCOPY` with `SO_ZEROCOPY` on); one that moved bytes is notified once the device
+    /// is done with them. `EINVAL` for a cookie on any other send; `ENOBUFS` if the memory lock
+    /// limit, the socket's optmem or its cookie slots are used up.
     pub(crate) fn send(
-        &self,
+        self: &Arc<Self>,
         sk: &Sock,
         msg: &mut MsgHdr,
         len: usize,
-        send: impl FnOnce(&mut MsgHdr) -> Result<usize>,
+        send: impl FnOnce(&mut MsgHdr, Option<&dyn ZcSend>) -> Result<usize>,
     ) -> Result<usize> {
-        let turn = self.sender.lock();
-        let Some(notice) = self.start(sk, msg, len)? else {
-            drop(turn);
-            return send(msg);
+        let cookie = msg.cmsg_u32(SOL_SMC, RSMC_ZC_COOKIE)?;
+        if msg.flags() & MSG_ZEROCOPY == 0 || !sk.zerocopy() {
+            if cookie.is_some() {
+                return Err(EINVAL);
+            }
+            return send(msg, None);
+        }
+        let _turn = self.sender.lock();
+        // Allocated before the notice is made: a notice dropped unfired would notify.
+        let shared = Arc::pin_init(
+            pin_init!(ZcNotice {
+                zc: self.clone(),
+                sk: ARef::from(sk),
+                notice <- new_spinlock_irq!(None),
+                copied: Atomic::new(false),
+            }),
+            GFP_KERNEL,
+        )?;
+        let notice = match cookie {
+            None => Notice::Range(ZcRange::new(sk, len)?),
+            Some(cookie) => {
+                let charge = MemlockCharge::new(len).map_err(|_| ENOBUFS)?;
+                self.reserve(sk)?;
+                Notice::Cookie(cookie, charge)
+            }
         };
-        let sent = send(msg);
-        self.finish(sk, notice, &sent, false);
+        *shared.notice.lock() = Some(notice);
+        let sent = send(msg, Some(&shared));
+        if !matches!(sent, Ok(n) if n > 0) {
+            // Nothing moved: no notification. A chunk still in flight no longer fires it.
+            let taken = shared.notice.lock().take();
+            if let Some(taken) = taken {
+                self.take_back(taken);
+            }
+        }
         sent
     }
 
-    /// The notice of a send of `len` bytes: `None` unless it is a zerocopy send.
-    fn start(&self, sk: &Sock, msg: &mut MsgHdr, len: usize) -> Result<Option<Notice>> {
-        let cookie = msg.cmsg_u32(SOL_SMC, RSMC_ZC_COOKIE)?;
-        let zerocopy = msg.flags() & MSG_ZEROCOPY != 0 && sk.zerocopy();
-        match (zerocopy, cookie) {
-            (false, None) => Ok(None),
-            (false, Some(_)) => Err(EINVAL),
-            (true, None) => Ok(Some(Notice::Range(ZcRange::new(sk, len)?))),
-            (true, Some(cookie)) => {
-                self.reserve(sk)?;
-                Ok(Some(Notice::Cookie(cookie)))
-            }
-        }
-    }
-
-    /// The send of `notice` ended with `sent`: a send that moved bytes notifies (its data was
-    /// copied unless `zerocopied`); one that moved none takes its notice back.
-    fn finish(&self, sk: &Sock, notice: Notice, sent: &Result<usize>, zerocopied: bool) {
-        let moved = matches!(sent, Ok(n) if *n > 0);
+    /// The send of `notice` is done with the application's data: notifies (the data was copied
+    /// unless `zerocopied`). Any context.
+    fn notify(&self, sk: &Sock, notice: Notice, zerocopied: bool) {
         match notice {
-            Notice::Range(range) if moved => range.complete(zerocopied),
-            Notice::Range(range) => range.abort(),
-            Notice::Cookie(cookie) => {
+            Notice::Range(range) => range.complete(zerocopied),
+            Notice::Cookie(cookie, charge) => {
                 {
                     let mut cookies = self.cookies.lock();
                     let Cookies { queue, storage } = &mut *cookies;
                     // Cannot fail: `start` reserved the slot.
-                    let _ = if moved {
-                        queue.complete(storage, cookie)
-                    } else {
-                        queue.unreserve()
-                    };
+                    let _ = queue.complete(storage, cookie);
                 }
-                if moved {
-                    sk.error_report();
-                }
+                drop(charge);
+                sk.error_report();
+            }
+        }
+    }
+
+    /// A send that moved no byte takes its notice back: no notification.
+    fn take_back(&self, notice: Notice) {
+        match notice {
+            Notice::Range(range) => range.abort(),
+            Notice::Cookie(..) => {
+                // Cannot fail: `start` reserved the slot.
+                let _ = self.cookies.lock().queue.unreserve();
             }
         }
     }

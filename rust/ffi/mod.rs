@@ -21,7 +21,7 @@ use kernel::prelude::*;
 
 /// The C structs whose fields Rust reads or writes through bindgen's layout, with bindgen's
 /// size of each, in the order of `rsmc_c_struct_sizes` in shim.c.
-const LAYOUT_CHECKED: [(&str, usize); 28] = [
+const LAYOUT_CHECKED: [(&str, usize); 29] = [
     ("proto_accept_arg", size_of::<sys::proto_accept_arg>()),
     ("napi_struct", size_of::<sys::napi_struct>()),
     ("socket", size_of::<sys::socket>()),
@@ -50,6 +50,7 @@ const LAYOUT_CHECKED: [(&str, usize); 28] = [
     ("kvec", size_of::<sys::kvec>()),
     ("wait_queue_entry", size_of::<sys::wait_queue_entry>()),
     ("cmsghdr", size_of::<sys::cmsghdr>()),
+    ("mmpin", size_of::<sys::ubuf_info_msgzc_mmpin>()),
 ];
 
 /// Refuses to run if bindgen laid out any struct Rust touches differently from the compiler.

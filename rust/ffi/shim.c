@@ -13,7 +13,7 @@ const size_t rsmc_c_struct_sizes[] = {
 	sizeof(struct ib_recv_wr), sizeof(struct ib_sge), sizeof(struct ib_wc),
 	sizeof(struct ib_cq_init_attr), sizeof(struct ib_port_attr), sizeof(struct scatterlist),
 	sizeof(struct msghdr), sizeof(struct kvec), sizeof(struct wait_queue_entry),
-	sizeof(struct cmsghdr),
+	sizeof(struct cmsghdr), sizeof(struct mmpin),
 };
 
 size_t rsmc_sizeof_sock(void)
@@ -484,4 +484,27 @@ size_t rsmc_cmsg_len(size_t data_len)
 int rsmc_copy_safe_from_sockptr(void *dst, size_t ksize, sockptr_t optval, size_t optlen)
 {
 	return copy_safe_from_sockptr(dst, ksize, optval, optlen);
+}
+
+bool rsmc_iov_iter_extract_will_pin(const struct iov_iter *iter)
+{
+	return iov_iter_extract_will_pin(iter);
+}
+
+ssize_t rsmc_iov_iter_extract_pages(struct iov_iter *iter, struct page **pages, size_t maxsize,
+				    unsigned int maxpages, size_t *offset0)
+{
+	return iov_iter_extract_pages(iter, &pages, maxsize, maxpages, 0, offset0);
+}
+
+u64 rsmc_ib_dma_map_page(struct ib_device *dev, struct page *page, unsigned long offset,
+			 size_t size, enum dma_data_direction direction)
+{
+	return ib_dma_map_page(dev, page, offset, size, direction);
+}
+
+void rsmc_ib_dma_unmap_page(struct ib_device *dev, u64 addr, size_t size,
+			    enum dma_data_direction direction)
+{
+	ib_dma_unmap_page(dev, addr, size, direction);
 }

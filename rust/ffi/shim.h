@@ -131,4 +131,13 @@ bool rsmc_cmsg_ok(struct msghdr *msg, struct cmsghdr *cmsg);
 void *rsmc_cmsg_data(struct cmsghdr *cmsg);
 size_t rsmc_cmsg_len(size_t data_len);
 
+/* Pinned user pages of zerocopy sends. */
+bool rsmc_iov_iter_extract_will_pin(const struct iov_iter *iter);
+ssize_t rsmc_iov_iter_extract_pages(struct iov_iter *iter, struct page **pages, size_t maxsize,
+				    unsigned int maxpages, size_t *offset0);
+u64 rsmc_ib_dma_map_page(struct ib_device *dev, struct page *page, unsigned long offset,
+			 size_t size, enum dma_data_direction direction);
+void rsmc_ib_dma_unmap_page(struct ib_device *dev, u64 addr, size_t size,
+			    enum dma_data_direction direction);
+
 #endif /* RSMC_SHIM_H */

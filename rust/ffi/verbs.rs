@@ -526,6 +526,173 @@ impl Drop for DmaBuffer {
     }
 }
 
+/// The most pages one [`PinnedPages`] holds, and so the scatter/gather entries of one of its
+/// RDMA WRITEs.
+pub(crate) const MAX_PINNED_PAGES: usize = 16;
+
+/// User pages a zerocopy send pinned (`iov_iter_extract_pages`, `FOLL_PIN`), mapped for the
+/// device to read: `len` bytes starting `offset` bytes into the first page.
+///
+/// # Invariants
+///
+/// The first `count` entries of `pages` are pinned user pages, each mapped for
+/// `DMA_TO_DEVICE` on `dev` at the same entry of `dma` for the bytes of it the range covers;
+/// they are unmapped and unpinned only on drop.
+pub(crate) struct PinnedPages {
+    pages: [*mut sys::page; MAX_PINNED_PAGES],
+    dma: [u64; MAX_PINNED_PAGES],
+    count: usize,
+    offset: usize,
+    len: usize,
+    dev: ARef<RegisteredDevice>,
+}
+
+// SAFETY: Pinned pages stay put whichever thread holds them; unpinning works from any context.
+unsafe impl Send for PinnedPages {}
+// SAFETY: `&PinnedPages` only reads the fixed page and DMA lists.
+unsafe impl Sync for PinnedPages {}
+
+impl PinnedPages {
+    /// Pins up to `max_len` bytes of `msg`'s data (at most [`MAX_PINNED_PAGES`] pages) and maps
+    /// them on `dev`, advancing the message past them. `None` if the data is not user memory
+    /// that can be pinned (the caller copies it instead).
+    pub(crate) fn pin(
+        dev: &ARef<RegisteredDevice>,
+        msg: &mut MsgHdr,
+        max_len: usize,
+    ) -> Result<Option<Self>> {
+        let iter = msg.iter();
+        // SAFETY: The message's iterator is valid for the borrow.
+        if max_len == 0 || !unsafe { sys::rsmc_iov_iter_extract_will_pin(iter) } {
+            return Ok(None);
+        }
+        let mut pinned = Self {
+            pages: [ptr::null_mut(); MAX_PINNED_PAGES],
+            dma: [0; MAX_PINNED_PAGES],
+            count: 0,
+            offset: 0,
+            len: 0,
+            dev: dev.clone(),
+        };
+        // SAFETY: `pages` has room for `MAX_PINNED_PAGES` entries; the iterator is user memory
+        // (checked above), so the pages come back pinned.
+        let got = unsafe {
+            sys::rsmc_iov_iter_extract_pages(
+                iter,
+                pinned.pages.as_mut_ptr(),
+                max_len,
+                MAX_PINNED_PAGES as u32,
+                &mut pinned.offset,
+            )
+        };
+        // CAST: A negative return is an errno.
+        let len = usize::try_from(got).map_err(|_| Error::from_errno(got as i32))?;
+        if len == 0 {
+            return Ok(None);
+        }
+        pinned.len = len;
+        let count = (pinned.offset + len).div_ceil(PAGE_SIZE);
+        // Mapped one by one; on failure, drop unpins all and unmaps those mapped.
+        for i in 0..count {
+            let (start, bytes) = pinned.page_span(i);
+            // SAFETY: The device is registered while we hold `dev`; the page is pinned.
+            let dma = unsafe {
+                sys::rsmc_ib_dma_map_page(
+                    dev.as_raw(),
+                    pinned.pages[i],
+                    // CAST: Within a page.
+                    start as kernel::ffi::c_ulong,
+                    bytes,
+                    DmaDirection::ToDevice.raw(),
+                )
+            };
+            // SAFETY: `dma` came from mapping on this device.
+            if unsafe { sys::rsmc_ib_dma_mapping_error(dev.as_raw(), dma) } != 0 {
+                pinned.unpin_unmapped(i, count);
+                return Err(ENOMEM);
+            }
+            pinned.dma[i] = dma;
+            pinned.count = i + 1;
+        }
+        // INVARIANT: `count` pages are pinned and mapped.
+        Ok(Some(pinned))
+    }
+
+    /// Bytes pinned.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The offset in page `i` and the bytes of it the range covers.
+    fn page_span(&self, i: usize) -> (usize, usize) {
+        let start = if i == 0 { self.offset } else { 0 };
+        let end = (self.offset + self.len - i * PAGE_SIZE).min(PAGE_SIZE);
+        (start, end - start)
+    }
+
+    /// Unpins pages `from..to`, which were pinned but are not mapped.
+    fn unpin_unmapped(&mut self, from: usize, to: usize) {
+        for page in &self.pages[from..to] {
+            // SAFETY: The page was pinned by `pin` and is not mapped; it is unpinned once.
+            unsafe { sys::unpin_user_page(*page) };
+        }
+    }
+
+    /// Fills `out` with the scatter/gather entries of bytes `offset..offset + len` of the
+    /// pinned range; returns how many.
+    fn sges(&self, offset: usize, len: usize, lkey: u32, out: &mut [sys::ib_sge]) -> Result<usize> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) || len == 0 {
+            return Err(EINVAL);
+        }
+        let mut n = 0;
+        // Offsets within the first page's frame.
+        let (mut at, end) = (self.offset + offset, self.offset + offset + len);
+        while at < end {
+            let i = at / PAGE_SIZE;
+            let in_page = at % PAGE_SIZE;
+            let bytes = (PAGE_SIZE - in_page).min(end - at);
+            let (start, _) = self.page_span(i);
+            let entry = out.get_mut(n).ok_or(EINVAL)?;
+            *entry = sys::ib_sge {
+                addr: self.dma[i] + (in_page - start) as u64,
+                // CAST: At most a page.
+                length: bytes as u32,
+                lkey,
+            };
+            n += 1;
+            at += bytes;
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for PinnedPages {
+    fn drop(&mut self) {
+        for i in 0..self.count {
+            let (_, bytes) = self.page_span(i);
+            // SAFETY: By the type invariant page `i` is mapped at `dma[i]` for `bytes` on
+            // `dev`; whoever let the device read it held this value until it could not.
+            unsafe {
+                sys::rsmc_ib_dma_unmap_page(
+                    self.dev.as_raw(),
+                    self.dma[i],
+                    bytes,
+                    DmaDirection::ToDevice.raw(),
+                )
+            };
+        }
+        let count = self.count;
+        self.unpin_unmapped(0, count);
+    }
+}
+
+/// Memory a queue pair's RDMA WRITEs may read besides its buffers: the pinned pages of a
+/// zerocopy send, with whatever must live exactly as long (the send's notification).
+pub(crate) trait PinnedMemory: Send + Sync {
+    /// The pinned pages.
+    fn pages(&self) -> &PinnedPages;
+}
+
 /// A piece of a [`DmaBuffer`] for a work request (a scatter/gather entry).
 pub(crate) struct Sge<'a> {
     buf: &'a DmaBuffer,
@@ -643,8 +810,8 @@ pub(crate) struct RemoteQp {
     pub(crate) psn: u32,
 }
 
-/// A reliable-connected queue pair (`IB_QPT_RC`), with one scatter/gather entry per work
-/// request.
+/// A reliable-connected queue pair (`IB_QPT_RC`): one scatter/gather entry per work request,
+/// or one per page for RDMA WRITEs from pinned user pages.
 ///
 /// # Invariants
 ///
@@ -665,6 +832,7 @@ pub(crate) struct Qp {
 struct QpMemory {
     buffers: KVec<Arc<DmaBuffer>>,
     mrs: KVec<Arc<Mr>>,
+    pinned: KVec<Arc<dyn PinnedMemory>>,
 }
 
 // SAFETY: The QP is only used through the RDMA core's thread-safe API (drivers lock around
@@ -695,7 +863,8 @@ impl Qp {
         };
         attr.cap.max_send_wr = max_send_wr;
         attr.cap.max_recv_wr = max_recv_wr;
-        attr.cap.max_send_sge = 1;
+        // RDMA WRITEs from pinned user pages take one entry per page.
+        attr.cap.max_send_sge = MAX_PINNED_PAGES as u32;
         attr.cap.max_recv_sge = 1;
         // SAFETY: The PD and CQs are valid and on the same device; `attr` is valid for the
         // call (no event handler: asynchronous QP errors also fail the work requests).
@@ -709,6 +878,7 @@ impl Qp {
                 new_spinlock_irq!(QpMemory {
                     buffers: KVec::new(),
                     mrs: KVec::new(),
+                    pinned: KVec::new(),
                 }),
                 GFP_KERNEL,
             )?,
@@ -854,6 +1024,31 @@ impl Qp {
         }
     }
 
+    /// Lets this queue pair's RDMA WRITEs read `memory` until [`Qp::detach_pinned`] (or until
+    /// it is destroyed).
+    pub(crate) fn attach_pinned(&self, memory: Arc<dyn PinnedMemory>) -> Result {
+        if !ptr::eq(&*memory.pages().dev, &*self.pd.dev) {
+            return Err(EINVAL);
+        }
+        self.memory.lock().pinned.push(memory, GFP_ATOMIC)?;
+        Ok(())
+    }
+
+    /// Takes back from this queue pair the memory [`Qp::attach_pinned`] gave it for `pages`.
+    ///
+    /// # Safety
+    ///
+    /// No work request posted on this queue pair that names `pages` may be outstanding.
+    pub(crate) unsafe fn detach_pinned(&self, pages: &PinnedPages) {
+        let mut memory = self.memory.lock();
+        if let Some(i) = memory.pinned.iter().position(|m| ptr::eq(m.pages(), pages)) {
+            // Dropped unlocked: the last reference unmaps and unpins the pages.
+            let taken = memory.pinned.remove(i);
+            drop(memory);
+            drop(taken);
+        }
+    }
+
     /// Takes back from this queue pair a memory region [`Qp::post_reg_mr`] registered.
     ///
     /// # Safety
@@ -923,6 +1118,48 @@ impl Qp {
         wr.wr.send_flags = send_flags(signaled);
         // SAFETY: `wr` is a valid RDMA work request starting with its `ib_send_wr`; its one
         // entry names an attached buffer (checked by `self.ib_sge`), alive until the QP is gone.
+        unsafe { self.post_send_wr((&raw const wr).cast()) }
+    }
+
+    /// Posts an RDMA WRITE of bytes `offset..offset + len` of `pages` (attached with
+    /// [`Qp::attach_pinned`]) to `remote_addr` of the peer's memory region `rkey`; a completion
+    /// is reported only if `signaled`.
+    #[expect(clippy::too_many_arguments)]
+    pub(crate) fn post_rdma_write_pinned(
+        &self,
+        wr_id: u64,
+        pages: &PinnedPages,
+        offset: usize,
+        len: usize,
+        lkey: u32,
+        remote_addr: u64,
+        rkey: u32,
+        signaled: bool,
+    ) -> Result {
+        let attached = self
+            .memory
+            .lock()
+            .pinned
+            .iter()
+            .any(|m| ptr::eq(m.pages(), pages));
+        if !attached {
+            return Err(EINVAL);
+        }
+        let mut sges = [sys::ib_sge::default(); MAX_PINNED_PAGES];
+        let n = pages.sges(offset, len, lkey, &mut sges)?;
+        let mut wr = sys::ib_rdma_wr {
+            remote_addr,
+            rkey,
+            ..Default::default()
+        };
+        wr.wr.__bindgen_anon_1.wr_id = wr_id;
+        wr.wr.sg_list = sges.as_mut_ptr();
+        // CAST: At most `MAX_PINNED_PAGES`.
+        wr.wr.num_sge = n as i32;
+        wr.wr.opcode = sys::ib_wr_opcode_IB_WR_RDMA_WRITE;
+        wr.wr.send_flags = send_flags(signaled);
+        // SAFETY: `wr` is a valid RDMA work request starting with its `ib_send_wr`; its entries
+        // name pages in `self.memory` (checked above), mapped until the QP lets them go.
         unsafe { self.post_send_wr((&raw const wr).cast()) }
     }
 

@@ -187,3 +187,34 @@ impl Drop for ZcRange {
         unsafe { sys::rsmc_zerocopy_complete(self.0.as_ptr(), false) };
     }
 }
+
+/// Pinned pages charged to the sending user's `RLIMIT_MEMLOCK` (`mm_account_pinned_pages`, as
+/// a [`ZcRange`] charges its send), for sends notified by cookie; uncharged on drop.
+///
+/// # Invariants
+///
+/// `0` holds a charge from `mm_account_pinned_pages`, given back only on drop.
+pub(crate) struct MemlockCharge(sys::ubuf_info_msgzc_mmpin);
+
+// SAFETY: The charge belongs to a user, not to a thread; it may be given back from any context.
+unsafe impl Send for MemlockCharge {}
+// SAFETY: `&MemlockCharge` gives no access to the charge.
+unsafe impl Sync for MemlockCharge {}
+
+impl MemlockCharge {
+    /// Charges `len` bytes to the current user; `ENOBUFS` over its limit (without
+    /// `CAP_IPC_LOCK`).
+    pub(crate) fn new(len: usize) -> Result<Self> {
+        let mut mmp = sys::ubuf_info_msgzc_mmpin::default();
+        // SAFETY: `mmp` is a fresh, empty charge (no user yet); process context.
+        to_result(unsafe { sys::mm_account_pinned_pages(&mut mmp, len) })?;
+        Ok(Self(mmp))
+    }
+}
+
+impl Drop for MemlockCharge {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant the charge is held, and it is given back once.
+        unsafe { sys::mm_unaccount_pinned_pages(&mut self.0) };
+    }
+}
