@@ -56,8 +56,8 @@ use kernel::{
 /// Send credits one send step needs: two RDMA WRITEs (the bytes may wrap around the end of
 /// the ring) and the SEND of the cursor message.
 pub(crate) const WRS_PER_SEND: u32 = 3;
-/// The smallest chunk of a zerocopy send written from its pinned pages; smaller ones are copied,
-/// which costs less than pinning and mapping.
+/// The smallest zerocopy send written from its pinned pages; smaller ones are copied, which
+/// costs less than pinning and mapping.
 pub(crate) const ZC_MIN_BYTES: usize = 8192;
 /// How long the registration of the receive ring may take, in milliseconds.
 const REGISTER_TIMEOUT_MS: u32 = 5000;
@@ -622,8 +622,7 @@ impl Connection {
     }
 
     /// `sendmsg`: copies into the send buffer and writes to the peer as its window allows; a
-    /// zerocopy send (`zc`) writes straight from the pinned pages of chunks of
-    /// [`ZC_MIN_BYTES`] or more.
+    /// zerocopy send (`zc`) of [`ZC_MIN_BYTES`] or more writes straight from its pinned pages.
     pub(crate) fn sendmsg(
         &self,
         sk: &Sock,
@@ -632,6 +631,13 @@ impl Connection {
         zc: Option<&dyn ZcSend>,
     ) -> Result<usize> {
         let _tx = self.tx_lock.lock();
+        let zc = match zc {
+            Some(zc) if len < ZC_MIN_BYTES => {
+                zc.copied();
+                None
+            }
+            zc => zc,
+        };
         let flags = msg.flags();
         let mut timeo = sk.sndtimeo(flags & MSG_DONTWAIT != 0);
         let mut busy_polled = false;
@@ -723,8 +729,8 @@ impl Connection {
     }
 
     /// Writes up to `room` bytes of a zerocopy send straight from its pinned pages, with the
-    /// credits [`Connection::send_room`] took; `None` if they are copied instead (too few, or
-    /// not pinnable user memory).
+    /// credits [`Connection::send_room`] took; `None` if they are copied instead (memory that
+    /// cannot be pinned).
     fn send_pinned(
         &self,
         link: &Link,
@@ -734,8 +740,7 @@ impl Connection {
         credits: &mut u32,
     ) -> Result<Option<usize>> {
         let room = room as usize;
-        let reserved =
-            room >= ZC_MIN_BYTES && self.state.lock().zc_chunks.reserve(1, GFP_ATOMIC).is_ok();
+        let reserved = self.state.lock().zc_chunks.reserve(1, GFP_ATOMIC).is_ok();
         let pinned = if reserved {
             PinnedPages::pin(link.device().registered(), msg, room)?
         } else {

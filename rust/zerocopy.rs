@@ -7,11 +7,12 @@
 //! the `RLIMIT_MEMLOCK` accounting are exactly TCP's. Cookies are rsmc's: they queue in a
 //! [`CookieQueue`] and are read in batches (see `include/uapi/linux/rsmc.h`).
 //!
-//! Over RDMA a send writes chunks of [`crate::connection::ZC_MIN_BYTES`] or more straight from the application's
-//! pinned pages; its notification fires once the device is done with the last of them (the
-//! chunks hold it, and the queue pair holds the chunks until their writes completed). Data that
-//! is copied instead (smaller chunks, memory that cannot be pinned, the TCP fallback) makes an
-//! id range carry `SO_EE_CODE_ZEROCOPY_COPIED`, as TCP reports sends it copied.
+//! Over RDMA a send of [`crate::connection::ZC_MIN_BYTES`] or more writes straight from the
+//! application's pinned pages, in chunks as the peer's ring has room; its notification fires
+//! once the device is done with the last of them (the chunks hold it, and the queue pair holds
+//! the chunks until their writes completed). Data that is copied instead (smaller sends, memory
+//! that cannot be pinned, the TCP fallback) makes an id range carry
+//! `SO_EE_CODE_ZEROCOPY_COPIED`, as TCP reports sends it copied.
 
 use crate::{
     connection::ZcSend,
