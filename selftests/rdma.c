@@ -561,7 +561,7 @@ TEST_F_TIMEOUT(rdma, rdma_not_tcp, 120)
 
 /*
  * Bytes each way of stream_1g and tcp_1g_reference: 1 GiB over IPv4; 128 MiB over IPv6 (the
- * same data path, only the handshake differs); 32 MiB on the debug kernel, which is there to
+ * same data path, only the handshake differs); 8 MiB on the debug kernel, which is there to
  * find bugs, not to move data (rxe is an order of magnitude slower under it). RSMC_BULK_MIB
  * overrides them.
  */
@@ -572,7 +572,7 @@ static uint64_t bulk_bytes(const struct topo *v)
 	if (env && atoi(env) > 0)
 		return (uint64_t)atoi(env) << 20;
 	if (rsmc_debug_kernel())
-		return 32ULL << 20;
+		return 8ULL << 20;
 	if (v->family == AF_INET6)
 		return 128ULL << 20;
 	return BULK_BYTES;
