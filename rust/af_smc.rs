@@ -56,6 +56,8 @@ const SHUT_WR: i32 = 1;
 const SHUT_RDWR: i32 = 2;
 /// `SO_ZEROCOPY`.
 const SO_ZEROCOPY: i32 = 60;
+/// `SO_REUSEPORT`.
+const SO_REUSEPORT: i32 = 15;
 /// `MSG_ERRQUEUE`.
 const MSG_ERRQUEUE: i32 = 0x2000;
 
@@ -428,6 +430,13 @@ impl SocketFamily for AfSmc {
                 _ => return Err(EINVAL),
             };
             sock.sk().set_zerocopy(on);
+            return Ok(());
+        }
+        if level == SOL_SOCKET && name == SO_REUSEPORT {
+            // The generic handler refuses it for a socket that is not inet; the TCP socket
+            // binds, and this socket reports it.
+            sock.state().clc.setsockopt(level, name, val, len)?;
+            sock.sk().set_reuseport(val.read_i32(len)? != 0);
             return Ok(());
         }
         if level == SOL_SOCKET {

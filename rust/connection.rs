@@ -72,6 +72,8 @@ const MSG_PEEK: i32 = 0x2;
 const MSG_WAITALL: i32 = 0x100;
 /// `MSG_OOB`.
 const MSG_OOB: i32 = 0x1;
+/// `MSG_TRUNC`.
+const MSG_TRUNC: i32 = 0x20;
 
 /// `EPOLL*` bits `poll` reports.
 pub(crate) mod epoll {
@@ -905,7 +907,13 @@ impl Connection {
                     Err(_) => break,
                 }
             };
-            let n = self.copy_out(msg, segments.ok_or(EINVAL)?)?;
+            let segments = segments.ok_or(EINVAL)?;
+            // As TCP: with `MSG_TRUNC` the bytes are taken (or peeked at) but not copied.
+            let n = if flags & MSG_TRUNC != 0 {
+                segments.iter().map(|segment| segment.len).sum()
+            } else {
+                self.copy_out(msg, segments)?
+            };
             if n == 0 {
                 return if copied > 0 { Ok(copied) } else { Err(EFAULT) };
             }

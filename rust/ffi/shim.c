@@ -508,3 +508,8 @@ void rsmc_ib_dma_unmap_page(struct ib_device *dev, u64 addr, size_t size,
 {
 	ib_dma_unmap_page(dev, addr, size, direction);
 }
+
+void rsmc_sk_set_reuseport(struct sock *sk, bool on)
+{
+	sk->sk_reuseport = on;
+}

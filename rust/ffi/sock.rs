@@ -189,6 +189,13 @@ impl Sock {
         i32::from(unsafe { sys::rsmc_sk_protocol(self.as_raw()) })
     }
 
+    /// Sets what `getsockopt(SO_REUSEPORT)` reports.
+    pub(crate) fn set_reuseport(&self, on: bool) {
+        // SAFETY: `sk` is valid. The bit shares a byte with `sk_reuse`, which only `setsockopt`
+        // writes too, as for any socket.
+        unsafe { sys::rsmc_sk_set_reuseport(self.as_raw(), on) };
+    }
+
     /// Whether `SO_LINGER` is on with a zero timeout: closing aborts the connection.
     pub(crate) fn linger_zero(&self) -> bool {
         // SAFETY: `sk` is valid; the flag and time are read racily by design.

@@ -75,7 +75,11 @@ impl MsgHdr {
     /// the control data is malformed or that message is not exactly a `u32`.
     pub(crate) fn cmsg_u32(&mut self, level: i32, kind: i32) -> Result<Option<u32>> {
         let raw = self.as_raw();
-        // SAFETY: `msg` is valid; a send's control data was copied into the kernel
+        // SAFETY: `msg` is valid for the borrow.
+        if unsafe { (*raw).msg_controllen } == 0 {
+            return Ok(None);
+        }
+        // SAFETY: As above. A send's control data was copied into the kernel
         // (`msg_control_is_user` is false) by the socket layer before the family's `sendmsg`.
         if unsafe { (*raw).msg_control_is_user() } {
             return Err(EINVAL);
