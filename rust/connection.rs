@@ -1038,9 +1038,7 @@ impl Connection {
         // wait: its peer may be gone, and the transport's retries take seconds.
         if link_alive {
             if failed {
-                if let Ok(link) = self.link() {
-                    let _ = self.send_cdc(&link, false);
-                }
+                self.post_last_cdc();
             } else {
                 self.send_last_cdc();
             }
@@ -1061,12 +1059,15 @@ impl Connection {
     /// Sends the cursor message with the closing flags and waits briefly for this
     /// connection's work requests to finish.
     fn send_last_cdc(&self) {
-        let Ok(link) = self.link() else {
-            return;
-        };
-        if self.send_cdc(&link, false).is_ok() {
+        if self.post_last_cdc() {
             self.wait_idle(CLOSE_TIMEOUT_MS);
         }
+    }
+
+    /// Posts the cursor message with the closing flags, without waiting; whether it was posted.
+    fn post_last_cdc(&self) -> bool {
+        self.link()
+            .is_ok_and(|link| self.send_cdc(&link, false).is_ok())
     }
 
     /// Releases a connection whose handshake failed: the peer never wrote to it. If it got
@@ -1128,11 +1129,9 @@ impl Connection {
             state.closing = true;
             open
         };
+        // Best effort: the TCP reset below tells the peer for sure.
         if tell_peer {
-            if let Ok(link) = self.link() {
-                // Best effort: the TCP reset below tells the peer for sure.
-                let _ = self.send_cdc(&link, false);
-            }
+            self.post_last_cdc();
         }
         if let Some(hook) = self.take_tcp_watch() {
             hook.socket().abort(ECONNABORTED);
