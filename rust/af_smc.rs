@@ -271,7 +271,8 @@ impl AfSmc {
         }
         if let Some(conn) = state.transport.rdma() {
             sock.poll_wait(file, wait);
-            return conn.poll_mask();
+            // The TCP socket holds SO_RCVLOWAT, as set or inherited from the listener.
+            return conn.poll_mask(state.clc.rcvlowat());
         }
         if let Some(listener) = state.listener.as_ref() {
             sock.poll_wait(file, wait);
@@ -486,7 +487,7 @@ impl SocketFamily for AfSmc {
         }
         state.wait_connected(&sk, sk.rcvtimeo(flags & MSG_DONTWAIT != 0))?;
         if let Some(conn) = state.transport.rdma() {
-            return conn.recvmsg(&sk, msg, len, flags);
+            return conn.recvmsg(&sk, msg, len, flags, state.clc.rcvlowat());
         }
         let received = state.clc.recvmsg(msg, len, flags)?;
         if state.transport.mode() != MODE_NONE {

@@ -294,6 +294,7 @@ fn join_link_to(conn: &Arc<Connection>, peer_gid: [u8; 16]) -> Option<Arc<Link>>
 
 /// Runs the client side on a connected TCP socket.
 pub(crate) fn client(clc: &KernelSocket) -> Outcome {
+    let _lowat = clc.wake_on_every_byte();
     if !clc.syn_smc() {
         return fallback(DeclineCode::PEERNOSMC);
     }
@@ -394,6 +395,7 @@ fn client_confirm(
 /// Runs the server side on a freshly accepted TCP socket; `None` if the connection was reset
 /// (there is nothing to accept).
 pub(crate) fn server(clc: &KernelSocket) -> Option<Outcome> {
+    let _lowat = clc.wake_on_every_byte();
     if !clc.syn_smc() {
         return Some(fallback(DeclineCode::PEERNOSMC));
     }

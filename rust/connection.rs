@@ -846,23 +846,27 @@ impl Connection {
         Ok(copied as usize)
     }
 
-    /// `recvmsg`: copies from the receive ring, waiting as TCP does.
+    /// `recvmsg`: copies from the receive ring, waiting as TCP does for `lowat` bytes
+    /// (`SO_RCVLOWAT`) or all of `len` with `MSG_WAITALL`.
     pub(crate) fn recvmsg(
         &self,
         sk: &Sock,
         msg: &mut MsgHdr,
         len: usize,
         flags: i32,
+        lowat: usize,
     ) -> Result<usize> {
         if flags & MSG_OOB != 0 {
             return Err(EINVAL);
         }
         let _rx = self.rx_lock.lock();
         let peek = flags & MSG_PEEK != 0;
-        let target = if flags & MSG_WAITALL != 0 && !peek {
+        let target = if peek {
+            len.min(1)
+        } else if flags & MSG_WAITALL != 0 {
             len
         } else {
-            len.min(1)
+            len.min(lowat)
         };
         let mut timeo: c_long = sk.rcvtimeo(flags & MSG_DONTWAIT != 0);
         let mut busy_polled = false;
@@ -958,8 +962,9 @@ impl Connection {
         Ok(copied)
     }
 
-    /// Readiness for `poll` (`EPOLL*` bits), as TCP reports it.
-    pub(crate) fn poll_mask(&self) -> u32 {
+    /// Readiness for `poll` (`EPOLL*` bits), as TCP reports it: readable from `lowat` bytes
+    /// (`SO_RCVLOWAT`), or a full ring.
+    pub(crate) fn poll_mask(&self, lowat: usize) -> u32 {
         let state = self.state.lock();
         if state.error.is_some() {
             return epoll::ERR
@@ -979,7 +984,8 @@ impl Connection {
         if rd_done {
             mask |= epoll::IN | epoll::RDNORM | epoll::RDHUP;
         }
-        if conn.readable() > 0 {
+        let lowat = u32::try_from(lowat).unwrap_or(u32::MAX);
+        if conn.readable() > 0 && conn.readable() >= lowat.min(conn.own_ring().get()) {
             mask |= epoll::IN | epoll::RDNORM;
         }
         if conn.write_shut() || (conn.writable() > 0 && self.link_has_credits()) {

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -960,6 +961,77 @@ TEST_F(rdma, nonblocking_connect_epoll)
 		TH_LOG("%s", strerror(errno));
 	EXPECT_EQ(0, memcmp(out, got, sizeof(got)));
 	expect_rdma_pair(_metadata, cfd, sfd, NB_BYTES, NB_BYTES);
+	EXPECT_EQ(0, close(cfd));
+	EXPECT_EQ(0, close(sfd));
+	EXPECT_EQ(0, close(lfd));
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* SO_RCVLOWAT                                                                               */
+
+#define LOWAT (64 * 1024)
+/*
+ * A handshake takes well under a second here. One that read its messages under the
+ * application's SO_RCVLOWAT would wait out its timeout (5 s; 30 s on debug kernels): TCP wakes
+ * a reader only once that many bytes are in.
+ */
+#define HANDSHAKE_MAX_MS 4000
+
+struct late_write {
+	int fd;
+	const uint8_t *data;
+	size_t len;
+	ssize_t ret;
+};
+
+static void *write_late(void *arg)
+{
+	struct late_write *w = arg;
+
+	usleep(200 * 1000);
+	w->ret = write_all(w->fd, w->data, w->len);
+	return NULL;
+}
+
+/* As TCP: the listener's SO_RCVLOWAT is inherited; poll and recv wait for that many bytes. */
+TEST_F(rdma, so_rcvlowat)
+{
+	const struct topo *v = variant->topo;
+	static uint8_t out[LOWAT], got[2 * LOWAT];
+	struct late_write w = { .data = out + 1000, .len = LOWAT - 1000 };
+	struct pollfd pfd = { .events = POLLIN };
+	int lfd, cfd, sfd, lowat = LOWAT;
+	uint16_t port;
+	pthread_t t;
+	double start;
+
+	lfd = listen_in(_metadata, v, NS_SERVER, v->addr_b, true, &port);
+	ASSERT_EQ(0, setsockopt(lfd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)));
+	cfd = socket_in(_metadata, v, NS_CLIENT, true, 0);
+	ASSERT_EQ(0, setsockopt(cfd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)));
+	start = now_ms();
+	ASSERT_EQ(0, connect_to(v, cfd, v->addr_b, port)) TH_LOG("connect: %s", strerror(errno));
+	sfd = accept_within(_metadata, lfd, 0);
+	EXPECT_GT(HANDSHAKE_MAX_MS, now_ms() - start) TH_LOG("connect + accept took %.0f ms",
+							      now_ms() - start);
+	expect_mode(_metadata, "client", cfd, RSMC_MODE_RDMA, 0, 0, NULL);
+	expect_mode(_metadata, "server", sfd, RSMC_MODE_RDMA, 0, 0, NULL);
+
+	pattern_fill(out, 73, 0, sizeof(out));
+	ASSERT_EQ(1000, write_all(cfd, out, 1000));
+	pfd.fd = sfd;
+	EXPECT_EQ(0, poll(&pfd, 1, 300)) TH_LOG("readable below SO_RCVLOWAT: 0x%x", pfd.revents);
+	w.fd = cfd;
+	ASSERT_EQ(0, pthread_create(&t, NULL, write_late, &w));
+	EXPECT_EQ(LOWAT, recv(sfd, got, sizeof(got), 0)) TH_LOG("%s", strerror(errno));
+	ASSERT_EQ(0, pthread_join(t, NULL));
+	EXPECT_EQ(LOWAT - 1000, w.ret);
+	EXPECT_EQ(0, memcmp(out, got, LOWAT));
+
+	ASSERT_EQ(LOWAT, write_all(cfd, out, LOWAT));
+	EXPECT_TRUE(wait_events(_metadata, sfd, EPOLLIN, EVENT_WAIT_MS) & EPOLLIN);
+	EXPECT_EQ(LOWAT, recv(sfd, got, sizeof(got), 0)) TH_LOG("%s", strerror(errno));
+	expect_rdma_pair(_metadata, cfd, sfd, 2 * LOWAT, 0);
 	EXPECT_EQ(0, close(cfd));
 	EXPECT_EQ(0, close(sfd));
 	EXPECT_EQ(0, close(lfd));

@@ -16,6 +16,23 @@ use kernel::{
     uaccess::UserSlice,
 };
 
+/// A [`KernelSocket`]'s `SO_RCVLOWAT` lifted to 1 (see [`KernelSocket::wake_on_every_byte`]).
+pub(crate) struct RcvlowatLifted<'a> {
+    sock: &'a KernelSocket,
+    saved: usize,
+}
+
+impl Drop for RcvlowatLifted<'_> {
+    fn drop(&mut self) {
+        if self.sock.rcvlowat() == 1 {
+            // CAST: Read from the `int` field.
+            let saved = self.saved as c_int;
+            // SAFETY: `sk` is valid.
+            unsafe { sys::rsmc_sk_set_rcvlowat(self.sock.sk(), saved) };
+        }
+    }
+}
+
 /// A socket address as passed to `bind`/`connect` (`struct sockaddr_unsized`), borrowed.
 #[repr(transparent)]
 pub(crate) struct SockAddr(Opaque<sys::sockaddr_unsized>);
@@ -361,6 +378,25 @@ impl KernelSocket {
         // SAFETY: `sk` is valid.
         let rcvbuf = unsafe { sys::rsmc_sk_rcvbuf(self.sk()) };
         u32::try_from(rcvbuf).unwrap_or(0)
+    }
+
+    /// The socket's `SO_RCVLOWAT`: how many bytes a read waits for, and wakeups wait for.
+    pub(crate) fn rcvlowat(&self) -> usize {
+        // SAFETY: `sk` is valid.
+        let lowat = unsafe { sys::rsmc_sk_rcvlowat(self.sk()) };
+        usize::try_from(lowat).unwrap_or(1).max(1)
+    }
+
+    /// Sets `SO_RCVLOWAT` to 1 until the guard drops, which restores it unless it was set
+    /// again meanwhile.
+    ///
+    /// TCP wakes a reader only once `SO_RCVLOWAT` bytes are in: a handshake message shorter
+    /// than what the application asked for would wait out its timeout.
+    pub(crate) fn wake_on_every_byte(&self) -> RcvlowatLifted<'_> {
+        let saved = self.rcvlowat();
+        // SAFETY: `sk` is valid.
+        unsafe { sys::rsmc_sk_set_rcvlowat(self.sk(), 1) };
+        RcvlowatLifted { sock: self, saved }
     }
 
     /// Asks TCP to offer the SMC option in this socket's SYN (client) or to accept it in

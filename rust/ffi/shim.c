@@ -319,6 +319,16 @@ int rsmc_sk_rcvbuf(const struct sock *sk)
 	return READ_ONCE(sk->sk_rcvbuf);
 }
 
+int rsmc_sk_rcvlowat(const struct sock *sk)
+{
+	return READ_ONCE(sk->sk_rcvlowat);
+}
+
+void rsmc_sk_set_rcvlowat(struct sock *sk, int val)
+{
+	WRITE_ONCE(sk->sk_rcvlowat, val);
+}
+
 bool rsmc_sk_linger_zero(const struct sock *sk)
 {
 	return sock_flag(sk, SOCK_LINGER) && !READ_ONCE(sk->sk_lingertime);

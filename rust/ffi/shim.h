@@ -96,6 +96,8 @@ size_t rsmc_copy_from_iter(void *addr, size_t bytes, struct iov_iter *i);
 size_t rsmc_copy_to_iter(const void *addr, size_t bytes, struct iov_iter *i);
 void rsmc_napi_synchronize(const struct napi_struct *napi);
 int rsmc_sk_rcvbuf(const struct sock *sk);
+int rsmc_sk_rcvlowat(const struct sock *sk);
+void rsmc_sk_set_rcvlowat(struct sock *sk, int val);
 typedef void (*rsmc_sk_callback)(struct sock *sk);
 rsmc_sk_callback rsmc_sk_swap_data_ready(struct sock *sk, rsmc_sk_callback ready, void *user,
 					 void **old_user);
