@@ -527,8 +527,9 @@ impl Drop for DmaBuffer {
 }
 
 /// The most pages one [`PinnedPages`] holds, and so the scatter/gather entries of one of its
-/// RDMA WRITEs.
-pub(crate) const MAX_PINNED_PAGES: usize = 16;
+/// RDMA WRITEs: a 64 KiB buffer that does not start on a page boundary spans 17 pages, and
+/// takes one WRITE, not two.
+pub(crate) const MAX_PINNED_PAGES: usize = 17;
 
 /// User pages a zerocopy send pinned (`iov_iter_extract_pages`, `FOLL_PIN`), mapped for the
 /// device to read: `len` bytes starting `offset` bytes into the first page.
