@@ -551,10 +551,9 @@ impl Connection {
             let Some(chunk) = chunk else {
                 return;
             };
-            // SAFETY: `finished` counts this connection's completions, which come in the order
-            // of the send queue; the chunk's last write was posted under the state lock as
-            // work request number `done_at`, so no more than `done_at - 1` of ours precede it
-            // on the queue, and it is among the first `done_at` to complete.
+            // SAFETY: Completions come in send-queue order, and the chunk's last write was our
+            // work request number `done_at` (posted under the state lock): with `finished >=
+            // done_at`, no write that reads the pages is outstanding.
             unsafe { link.detach_pinned(chunk.pages()) };
         }
     }
