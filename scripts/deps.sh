@@ -14,7 +14,7 @@ mkdir -p "$cache"
 log() { printf 'deps: %s\n' "$*" >&2; }
 
 # Bump when the package list changes so old stamps are ignored.
-deps_version=4
+deps_version=5
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$deps_version" ] && [ -z "${RSMC_DEPS_FORCE:-}" ]; then
 	exit 0
 fi
@@ -22,7 +22,7 @@ fi
 [ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
 
 packages=(
-	build-essential bc flex bison libelf-dev libssl-dev cpio kmod rsync python3-venv
+	build-essential bc flex bison libelf-dev libssl-dev cpio kmod rsync
 	rustc-web rust-web-src cargo-web rust-web-clippy
 	clang-19 lld-19 llvm-19 libclang-19-dev
 	qemu-system-x86
@@ -45,14 +45,6 @@ bindgen_root=$cache/bindgen
 if ! "$bindgen_root/bin/bindgen" --version >/dev/null 2>&1; then
 	log "installing bindgen-cli"
 	cargo install --locked --root "$bindgen_root" bindgen-cli
-fi
-
-# virtme-ng boots the test VM with the host filesystem as its root.
-venv=$cache/venv
-if ! "$venv/bin/vng" --version >/dev/null 2>&1; then
-	log "installing virtme-ng"
-	python3 -m venv "$venv"
-	"$venv/bin/pip" install -q 'virtme-ng==1.42'
 fi
 
 "$here/kernel-source.sh"

@@ -2,7 +2,7 @@
 # The kernel's Rust needs Debian's rustc-web (it ships rust-src); rustup's rustc does not.
 RSMC_CACHE=${RSMC_CACHE:-$HOME/.cache/rsmc}
 export RSMC_CACHE
-export PATH=/usr/lib/llvm-19/bin:$RSMC_CACHE/bindgen/bin:$RSMC_CACHE/venv/bin:$PATH
+export PATH=/usr/lib/llvm-19/bin:$RSMC_CACHE/bindgen/bin:$PATH
 export KRUSTC=/usr/bin/rustc
 export KLLVM=-19
 rsmc_kernel_src() {
