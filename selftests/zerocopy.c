@@ -569,22 +569,32 @@ TEST_F_TIMEOUT(kernel_test, msg_zerocopy_reports_zc, 120)
 			 variant->flag, variant->port, v->addr_b);
 		_exit(system(cmd) ? 1 : 0);
 	}
-	msleep(1000);
 	snprintf(cmd, sizeof(cmd),
 		 "ip netns exec " NS_CLIENT " out/msg_zerocopy %s -v -t 2 -z -Z 1 -p %d -D %s -S %s "
 		 "rsmc 2>&1; echo exit=$?", variant->flag, variant->port, v->addr_b, v->addr_a);
-	out = popen(cmd, "r");
-	ASSERT_NE(NULL, out);
-	while (fgets(line, sizeof(line), out)) {
-		TH_LOG("%s", strtok(line, "\n"));
-		if (sscanf(line, "tx=%lu (%lu MB) txc=%lu", &tx, &mb, &txc) == 3)
-			zc = strstr(line, "zc=y");
-		missing |= !strncmp(line, "missing notifications", 21);
-		gap |= !strncmp(line, "gap:", 4);
-		if (!strncmp(line, "exit=", 5))
-			EXPECT_STREQ("exit=0", line);
+	/* The receiver listens when it is ready (seconds on the debug kernel): until then, retry. */
+	for (int attempt = 0; attempt < 40; attempt++) {
+		bool refused = false;
+
+		msleep(250);
+		out = popen(cmd, "r");
+		ASSERT_NE(NULL, out);
+		while (fgets(line, sizeof(line), out)) {
+			refused |= strstr(line, "Connection refused") != NULL;
+			if (refused)
+				continue;
+			TH_LOG("%s", strtok(line, "\n"));
+			if (sscanf(line, "tx=%lu (%lu MB) txc=%lu", &tx, &mb, &txc) == 3)
+				zc = strstr(line, "zc=y");
+			missing |= !strncmp(line, "missing notifications", 21);
+			gap |= !strncmp(line, "gap:", 4);
+			if (!strncmp(line, "exit=", 5))
+				EXPECT_STREQ("exit=0", line);
+		}
+		pclose(out);
+		if (!refused)
+			break;
 	}
-	pclose(out);
 	ASSERT_EQ(rx, waitpid(rx, &status, 0));
 	EXPECT_EQ(0, WEXITSTATUS(status)) TH_LOG("the receiver failed");
 	EXPECT_LT(0ul, tx);
