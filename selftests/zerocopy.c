@@ -556,7 +556,7 @@ TEST_F_TIMEOUT(kernel_test, msg_zerocopy_reports_zc, 120)
 	const struct topo *v = variant->topo;
 	unsigned long tx = 0, txc = 0, mb = 0;
 	char cmd[512], line[512];
-	bool zc = false, missing = false, gap = false;
+	bool zc = false, missing = false, gap = false, refused = false;
 	FILE *out;
 	pid_t rx;
 	int status;
@@ -574,8 +574,7 @@ TEST_F_TIMEOUT(kernel_test, msg_zerocopy_reports_zc, 120)
 		 "rsmc 2>&1; echo exit=$?", variant->flag, variant->port, v->addr_b, v->addr_a);
 	/* The receiver listens when it is ready (seconds on the debug kernel): until then, retry. */
 	for (int attempt = 0; attempt < 40; attempt++) {
-		bool refused = false;
-
+		refused = false;
 		msleep(250);
 		out = popen(cmd, "r");
 		ASSERT_NE(NULL, out);
@@ -595,6 +594,7 @@ TEST_F_TIMEOUT(kernel_test, msg_zerocopy_reports_zc, 120)
 		if (!refused)
 			break;
 	}
+	ASSERT_FALSE(refused) TH_LOG("the receiver never listened");
 	ASSERT_EQ(rx, waitpid(rx, &status, 0));
 	EXPECT_EQ(0, WEXITSTATUS(status)) TH_LOG("the receiver failed");
 	EXPECT_LT(0ul, tx);
