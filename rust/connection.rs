@@ -453,21 +453,30 @@ impl Connection {
 
     /// Sends the next cursor message; `reserved` if the caller already took its send credit.
     fn send_cdc(&self, link: &Link, reserved: bool) -> Result {
-        let msg = {
-            let mut state = self.state.lock();
-            if !reserved && !link.take_credits(1) {
-                state.cdc_owed = true;
-                return Ok(());
-            }
-            state.post_begin();
-            state.conn.next_cdc()
-        };
-        let posted = link.post_cdc(self.token(), &msg);
+        let mut state = self.state.lock();
+        if !reserved && !link.take_credits(1) {
+            state.cdc_owed = true;
+            return Ok(());
+        }
+        let msg = state.conn.next_cdc();
+        let posted = self.post_cdc(&mut state, link, &msg, &[]);
+        drop(state);
+        if posted.is_err() && !reserved {
+            link.return_credits(1);
+        }
+        posted
+    }
+
+    /// Posts the cursor message `msg` with the inline `data`, with a credit the caller took.
+    ///
+    /// Under the state lock, so that messages go on the send queue in the order of their
+    /// sequence numbers: the peer drops a message overtaken by a newer one, and with it any
+    /// inline data.
+    fn post_cdc(&self, state: &mut State, link: &Link, msg: &cdc::Message, data: &[u8]) -> Result {
+        state.post_begin();
+        let posted = link.post_cdc(self.token(), msg, data);
         if posted.is_err() {
-            self.state.lock().post_failed();
-            if !reserved {
-                link.return_credits(1);
-            }
+            state.post_failed();
         }
         posted
     }
@@ -572,12 +581,27 @@ impl Connection {
         }
     }
 
-    /// A cursor message from the peer arrived.
-    pub(crate) fn cdc_received(self: &Arc<Self>, msg: &cdc::Message) {
-        let changes = self.state.lock().conn.on_cdc(msg);
+    /// A cursor message from the peer arrived, with `data` inline.
+    pub(crate) fn cdc_received(self: &Arc<Self>, msg: &cdc::Message, data: &[u8]) {
+        let rx_ring = if data.is_empty() {
+            None
+        } else {
+            self.rx_ring().ok()
+        };
+        let changes = {
+            let mut state = self.state.lock();
+            // CAST: At most `cdc::MAX_INLINE`.
+            let changes = state.conn.on_cdc(msg, data.len() as u32);
+            // Placed before the lock drops: readers see the new producer cursor only with
+            // the bytes before it.
+            changes.map(|changes| match changes.inline_at {
+                Some(at) => place_inline(rx_ring.as_deref(), at, data).map(|()| changes),
+                None => Ok(changes),
+            })
+        };
         match changes {
-            Ok(changes) => self.apply(changes),
-            Err(_) => {
+            Ok(Ok(changes)) => self.apply(changes),
+            Ok(Err(_)) | Err(_) => {
                 // A peer that breaks the protocol gets an abort; the link goes on.
                 self.state.lock().conn.abort();
                 self.notify_peer();
@@ -718,6 +742,9 @@ impl Connection {
         let sent = match zc.map(|zc| self.send_pinned(&link, msg, room, zc, &mut credits)) {
             Some(Ok(Some(sent))) => Ok(sent),
             Some(Err(err)) => Err(err),
+            None | Some(Ok(None)) if room as usize <= cdc::MAX_INLINE => {
+                self.send_inline(&link, msg, room, &mut credits)
+            }
             None | Some(Ok(None)) => self.send_with_credits(&link, msg, room, &mut credits),
         };
         if credits > 0 {
@@ -795,6 +822,33 @@ impl Connection {
         self.send_cdc(link, true)?;
         self.rdma_tx_bytes.add(u64::from(len), Relaxed);
         Ok(Some(len as usize))
+    }
+
+    /// Sends up to `room` bytes of `msg` (at most [`cdc::MAX_INLINE`]) inline in a cursor
+    /// message, with the credits [`Connection::send_room`] took: one SEND instead of a WRITE
+    /// and a SEND.
+    fn send_inline(
+        &self,
+        link: &Link,
+        msg: &mut MsgHdr,
+        room: u32,
+        credits: &mut u32,
+    ) -> Result<usize> {
+        let mut data = [0u8; cdc::MAX_INLINE];
+        let data = data.get_mut(..room as usize).ok_or(EINVAL)?;
+        let copied = msg.copy_data(data);
+        if copied == 0 {
+            return Ok(0);
+        }
+        {
+            let mut state = self.state.lock();
+            // CAST: At most `room`, a `u32`.
+            let cdc = state.conn.next_cdc_inline(copied as u32).ok_or(EINVAL)?;
+            self.post_cdc(&mut state, link, &cdc, &data[..copied])?;
+        }
+        *credits -= 1;
+        self.rdma_tx_bytes.add(copied as u64, Relaxed);
+        Ok(copied)
     }
 
     fn send_with_credits(
@@ -1162,4 +1216,17 @@ impl WorkItem for Connection {
     fn run(this: Arc<Connection>) {
         this.release();
     }
+}
+
+/// Copies a cursor message's inline `data` into the receive ring `rx_ring` at `at`.
+fn place_inline(rx_ring: Option<&Mr>, at: Segments, data: &[u8]) -> Result {
+    let ring = rx_ring.ok_or(ECONNRESET)?.buffer();
+    let mut placed = 0usize;
+    for segment in at.iter() {
+        let len = segment.len as usize;
+        let bytes = data.get(placed..placed + len).ok_or(EINVAL)?;
+        ring.write(segment.offset as usize, bytes)?;
+        placed += len;
+    }
+    Ok(())
 }

@@ -40,8 +40,9 @@ use kernel::{
 const SQ_DEPTH: u32 = 256;
 /// Receives kept posted for the peer's cursor messages.
 const RQ_DEPTH: u32 = 64;
-/// Bytes per cursor-message buffer slot.
-const CDC_SLOT: usize = 64;
+/// Bytes per cursor-message buffer slot: a message with the most inline data fits.
+const CDC_SLOT: usize = 256;
+const _: () = assert!(CDC_SLOT >= cdc::MAX_FRAME_LEN);
 /// Cursor-message send slots: each message holds a send credit, so no more are in flight.
 const CDC_SLOTS: usize = SQ_DEPTH as usize;
 /// Links a device may have: all of their work requests fit its completion queue, which must
@@ -414,10 +415,10 @@ impl Link {
         )
     }
 
-    /// Sends the cursor message `msg`, with a credit the caller took.
-    pub(crate) fn post_cdc(&self, token: u32, msg: &cdc::Message) -> Result {
-        let mut bytes = [0u8; cdc::MSG_LEN];
-        cdc::encode(msg, &mut bytes).map_err(|_| EINVAL)?;
+    /// Sends the cursor message `msg` with the inline `data`, with a credit the caller took.
+    pub(crate) fn post_cdc(&self, token: u32, msg: &cdc::Message, data: &[u8]) -> Result {
+        let mut bytes = [0u8; cdc::MAX_FRAME_LEN];
+        let len = cdc::encode(msg, data, &mut bytes).map_err(|_| EINVAL)?;
         let slot = {
             let mut state = self.state.lock();
             let (word, bit) = state
@@ -430,8 +431,8 @@ impl Link {
             word * 64 + bit as usize
         };
         let offset = slot * CDC_SLOT;
-        let posted = self.cdc_tx.write(offset, &bytes).and_then(|()| {
-            let sge = self.cdc_tx.sge(offset, cdc::MSG_LEN, self.lkey)?;
+        let posted = self.cdc_tx.write(offset, &bytes[..len]).and_then(|()| {
+            let sge = self.cdc_tx.sge(offset, len, self.lkey)?;
             self.qp
                 .post_send(self.wr_id(WR_SEND, slot as u64, token), &sge, true)
         });
@@ -549,18 +550,18 @@ impl Link {
             self.work_failed(wc);
             return;
         }
-        let mut bytes = [0u8; cdc::MSG_LEN];
-        let read = self.cdc_rx.read(slot as usize * CDC_SLOT, &mut bytes);
+        let mut bytes = [0u8; cdc::MAX_FRAME_LEN];
+        let frame = match bytes.get_mut(..wc.byte_len() as usize) {
+            Some(frame) => self.cdc_rx.read(slot as usize * CDC_SLOT, frame).map(|()| &*frame),
+            None => Err(EMSGSIZE),
+        };
         if let Err(err) = self.post_recv(slot) {
             self.fail(err);
             return;
         }
-        let msg = match (read, wc.byte_len() as usize == cdc::MSG_LEN) {
-            (Ok(()), true) => cdc::decode(&bytes).ok(),
-            _ => None,
-        };
-        match msg.and_then(|msg| Some((self.conn(msg.token)?, msg))) {
-            Some((conn, msg)) => conn.cdc_received(&msg),
+        let msg = frame.ok().and_then(|frame| cdc::decode(frame).ok());
+        match msg.and_then(|(msg, data)| Some((self.conn(msg.token)?, msg, data))) {
+            Some((conn, msg, data)) => conn.cdc_received(&msg, data),
             None => {
                 self.dropped.add(1, Relaxed);
             }

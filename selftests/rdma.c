@@ -243,6 +243,7 @@ struct xfer {
 	uint64_t seed;
 	uint64_t total;		/* bytes to send / expected before EOF */
 	uint32_t rng;		/* chunk size generator state; 0: always XFER_MAX_CHUNK */
+	size_t chunk;		/* if not 0, every chunk's size (overrides rng) */
 	bool shut_wr;		/* sender: shutdown(SHUT_WR) once done */
 	/* results */
 	uint64_t done;		/* bytes sent / received (read by others while running) */
@@ -257,6 +258,8 @@ struct xfer {
 
 static size_t xfer_chunk(struct xfer *x)
 {
+	if (x->chunk)
+		return x->chunk;
 	return x->rng ? random_chunk(&x->rng, XFER_MAX_CHUNK) : XFER_MAX_CHUNK;
 }
 
@@ -551,6 +554,38 @@ TEST_F_TIMEOUT(rdma, rdma_not_tcp, 120)
 	/* The receiver saw EOF: all 16 MiB have been written to and read from its ring. */
 	expect_info(_metadata, "sender", cfd, RSMC_MODE_RDMA, 0, 0, NOT_TCP_BYTES, 0, 0, 0);
 	expect_info(_metadata, "receiver", sfd, RSMC_MODE_RDMA, 0, 0, 0, NOT_TCP_BYTES, 0, 0);
+	EXPECT_EQ(0, close(cfd));
+	EXPECT_EQ(0, close(sfd));
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Small sends, carried inline in cursor messages                                             */
+
+/* The most data bytes a cursor message carries inline (rust/proto/cdc.rs, MAX_INLINE). */
+#define INLINE_MAX 211
+
+/*
+ * Sends of INLINE_MAX bytes each way at once, so that every byte travels inline in a cursor
+ * message and none by RDMA WRITE: the receiver places them in its ring itself. 211 is prime,
+ * so sends straddle the end of the rings as they go round them several times. Every byte
+ * arrives, in order, and RSMC_INFO counts them all as RDMA payload.
+ */
+TEST_F_TIMEOUT(rdma, inline_sends_wrap_rings, 180)
+{
+	uint64_t bytes = rsmc_debug_kernel() ? 1ULL << 20 : 8ULL << 20;
+	struct xfer x[4];
+	pthread_t t[4];
+	int cfd, sfd;
+
+	smc_pair(_metadata, variant->topo, &cfd, &sfd);
+	duplex_init(x, cfd, sfd, bytes, bytes, 57, true);
+	x[0].chunk = x[2].chunk = INLINE_MAX;
+	duplex_start(_metadata, x, t);
+	for (int i = 0; i < 4; i++)
+		ASSERT_EQ(0, pthread_join(t[i], NULL));
+	check_xfer(_metadata, "client->server", &x[0], &x[1]);
+	check_xfer(_metadata, "server->client", &x[2], &x[3]);
+	expect_rdma_pair(_metadata, cfd, sfd, bytes, bytes);
 	EXPECT_EQ(0, close(cfd));
 	EXPECT_EQ(0, close(sfd));
 }

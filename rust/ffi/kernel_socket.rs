@@ -94,6 +94,13 @@ impl MsgHdr {
         unsafe { sys::rsmc_msg_flags(self.as_raw()) }
     }
 
+    /// Copies the message's next bytes into `buf`; returns how many (fewer than its length only
+    /// if the message has no more or user memory faulted).
+    pub(crate) fn copy_data(&mut self, buf: &mut [u8]) -> usize {
+        // SAFETY: `buf` is valid for writes of its length, and the iterator is the message's.
+        unsafe { sys::rsmc_copy_from_iter(buf.as_mut_ptr().cast(), buf.len(), self.iter()) }
+    }
+
     /// The message's data iterator, for copies to and from it.
     pub(super) fn iter(&mut self) -> *mut sys::iov_iter {
         // SAFETY: The header is valid for the borrow; no reference is created.

@@ -24,8 +24,14 @@
 //! |        |      | `0x20` aborted                                                 |
 //! | 26     | 18   | reserved                                                       |
 //!
-//! Reserved bytes and undefined flag bits are sent as zero and ignored on receipt. Decoding checks
-//! the framing only: whether the cursors fit the ring is checked with
+//! Reserved bytes and undefined flag bits are sent as zero and ignored on receipt.
+//!
+//! rsmc extends the message with inline data: up to [`MAX_INLINE`] bytes of the stream may follow
+//! the 44 bytes, and the length byte then counts them too. They are the last bytes before the
+//! message's producer cursor; the receiver copies them into its ring itself. A small send so
+//! takes one RDMA SEND instead of a WRITE and a SEND, half the packets and acknowledgements.
+//!
+//! Decoding checks the framing only: whether the cursors fit the ring is checked with
 //! [`RingSize::check_peer_producer`] and [`RingSize::check_peer_consumer`].
 //!
 //! [`RingSize::check_peer_producer`]: super::ring::RingSize::check_peer_producer
@@ -36,8 +42,14 @@ use super::ring::Cursor;
 /// Type byte of a CDC message.
 pub const MSG_TYPE: u8 = 0xFE;
 
-/// Length of a CDC message.
+/// Length of a CDC message without inline data.
 pub const MSG_LEN: usize = 44;
+
+/// Length of the longest message, the most the length byte can count.
+pub const MAX_FRAME_LEN: usize = u8::MAX as usize;
+
+/// Most bytes of inline data a message carries.
+pub const MAX_INLINE: usize = MAX_FRAME_LEN - MSG_LEN;
 
 /// Producer flag: the sender has data to write but no room in the receiver's ring.
 const PROD_WRITE_BLOCKED: u8 = 0x80;
@@ -85,15 +97,17 @@ pub struct Message {
 /// Why a CDC message could not be encoded or decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
-    /// The input is shorter than a CDC message.
+    /// The input is shorter than its length byte says, or than a message without data.
     Truncated,
-    /// The input is longer than a CDC message.
+    /// The input is longer than its length byte says.
     TrailingBytes,
-    /// The output buffer is shorter than a CDC message.
+    /// The output buffer is shorter than the message.
     BufferTooSmall,
+    /// More inline data than [`MAX_INLINE`] bytes.
+    DataTooLong,
     /// The type byte is not [`MSG_TYPE`]; carries the byte.
     BadType(u8),
-    /// The length byte is not [`MSG_LEN`]; carries the byte.
+    /// The length byte is less than [`MSG_LEN`]; carries the byte.
     BadLength(u8),
     /// The connection token is zero.
     ZeroToken,
@@ -108,26 +122,29 @@ pub const fn seq_newer(a: u16, b: u16) -> bool {
     ahead != 0 && ahead < 0x8000
 }
 
-/// Decodes the CDC message that fills `buf` exactly.
-pub fn decode(buf: &[u8]) -> Result<Message, Error> {
-    let b: &[u8; MSG_LEN] = buf.try_into().map_err(|_| {
-        if buf.len() < MSG_LEN {
-            Error::Truncated
-        } else {
-            Error::TrailingBytes
-        }
-    })?;
+/// Decodes the CDC message that fills `buf` exactly; returns it with its inline data.
+pub fn decode(buf: &[u8]) -> Result<(Message, &[u8]), Error> {
+    let b: &[u8; MSG_LEN] = buf
+        .get(..MSG_LEN)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(Error::Truncated)?;
     if b[0] != MSG_TYPE {
         return Err(Error::BadType(b[0]));
     }
-    if usize::from(b[1]) != MSG_LEN {
+    let len = usize::from(b[1]);
+    if len < MSG_LEN {
         return Err(Error::BadLength(b[1]));
     }
+    let data = match buf.len() {
+        n if n < len => return Err(Error::Truncated),
+        n if n > len => return Err(Error::TrailingBytes),
+        _ => &buf[MSG_LEN..],
+    };
     let token = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
     if token == 0 {
         return Err(Error::ZeroToken);
     }
-    Ok(Message {
+    let msg = Message {
         seq: u16::from_be_bytes([b[2], b[3]]),
         token,
         prod: Cursor {
@@ -145,24 +162,28 @@ pub fn decode(buf: &[u8]) -> Result<Message, Error> {
             peer_conn_closed: b[25] & CONN_PEER_CONN_CLOSED != 0,
             peer_conn_abort: b[25] & CONN_PEER_CONN_ABORT != 0,
         },
-    })
+    };
+    Ok((msg, data))
 }
 
-/// Encodes `msg` at the start of `buf` and returns the number of bytes written, [`MSG_LEN`].
+/// Encodes `msg` followed by the inline `data` at the start of `buf`; returns the number of bytes
+/// written, [`MSG_LEN`] plus those of `data`.
 ///
-/// Fails without writing anything if the token is zero or `buf` is too short.
-pub fn encode(msg: &Message, buf: &mut [u8]) -> Result<usize, Error> {
+/// Fails without writing anything if the token is zero, `data` is longer than [`MAX_INLINE`] or
+/// `buf` is too short.
+pub fn encode(msg: &Message, data: &[u8], buf: &mut [u8]) -> Result<usize, Error> {
     if msg.token == 0 {
         return Err(Error::ZeroToken);
     }
-    let out: &mut [u8; MSG_LEN] = buf
-        .get_mut(..MSG_LEN)
-        .and_then(|out| out.try_into().ok())
-        .ok_or(Error::BufferTooSmall)?;
+    if data.len() > MAX_INLINE {
+        return Err(Error::DataTooLong);
+    }
+    let len = MSG_LEN + data.len();
+    let out = buf.get_mut(..len).ok_or(Error::BufferTooSmall)?;
     let mut b = [0u8; MSG_LEN];
     b[0] = MSG_TYPE;
-    // Cannot truncate: see the assertion below.
-    b[1] = MSG_LEN as u8;
+    // Cannot truncate: at most `MAX_FRAME_LEN`.
+    b[1] = len as u8;
     [b[2], b[3]] = msg.seq.to_be_bytes();
     [b[4], b[5], b[6], b[7]] = msg.token.to_be_bytes();
     [b[10], b[11]] = msg.prod.wrap.to_be_bytes();
@@ -174,12 +195,10 @@ pub fn encode(msg: &Message, buf: &mut [u8]) -> Result<usize, Error> {
     b[25] = flag(msg.flags.peer_done_writing, CONN_PEER_DONE_WRITING)
         | flag(msg.flags.peer_conn_closed, CONN_PEER_CONN_CLOSED)
         | flag(msg.flags.peer_conn_abort, CONN_PEER_CONN_ABORT);
-    *out = b;
-    Ok(MSG_LEN)
+    out[..MSG_LEN].copy_from_slice(&b);
+    out[MSG_LEN..].copy_from_slice(data);
+    Ok(len)
 }
-
-// The length byte must be able to hold the message length.
-const _: () = assert!(MSG_LEN <= u8::MAX as usize);
 
 /// Returns `bit` if `set`, else 0.
 const fn flag(set: bool, bit: u8) -> u8 {
@@ -211,9 +230,17 @@ mod tests {
         }
     }
 
+    /// Decodes a message that must carry no inline data.
+    fn decode_plain(buf: &[u8]) -> Result<Message, Error> {
+        decode(buf).map(|(msg, data)| {
+            assert!(data.is_empty());
+            msg
+        })
+    }
+
     fn encoded(msg: &Message) -> [u8; MSG_LEN] {
         let mut buf = [0u8; MSG_LEN];
-        if encode(msg, &mut buf).is_err() {
+        if encode(msg, &[], &mut buf).is_err() {
             buf = [0; MSG_LEN];
         }
         buf
@@ -246,8 +273,8 @@ mod tests {
     fn round_trip() {
         let mut buf = [0u8; MSG_LEN + 8];
         let msg = sample();
-        assert_eq!(encode(&msg, &mut buf), Ok(MSG_LEN));
-        assert_eq!(decode(&buf[..MSG_LEN]), Ok(msg));
+        assert_eq!(encode(&msg, &[], &mut buf), Ok(MSG_LEN));
+        assert_eq!(decode_plain(&buf[..MSG_LEN]), Ok(msg));
         let extremes = Message {
             seq: u16::MAX,
             token: u32::MAX,
@@ -258,7 +285,7 @@ mod tests {
             cons: Cursor::ZERO,
             flags: Flags::default(),
         };
-        assert_eq!(decode(&encoded(&extremes)), Ok(extremes));
+        assert_eq!(decode_plain(&encoded(&extremes)), Ok(extremes));
     }
 
     #[test]
@@ -311,7 +338,7 @@ mod tests {
             let bytes = encoded(&msg);
             assert_eq!(bytes[at], bit);
             assert_eq!(bytes[49 - at], 0);
-            assert_eq!(decode(&bytes), Ok(msg));
+            assert_eq!(decode_plain(&bytes), Ok(msg));
             combined[at - 24] |= bit;
         }
         let every = Message {
@@ -326,7 +353,7 @@ mod tests {
         };
         let bytes = encoded(&every);
         assert_eq!([bytes[24], bytes[25]], combined);
-        assert_eq!(decode(&bytes), Ok(every));
+        assert_eq!(decode_plain(&bytes), Ok(every));
     }
 
     #[test]
@@ -337,37 +364,37 @@ mod tests {
         }
         bytes[24] = 0x6F;
         bytes[25] = 0x1F;
-        assert_eq!(decode(&bytes), Ok(sample()));
+        assert_eq!(decode_plain(&bytes), Ok(sample()));
     }
 
     #[test]
     fn rejects_malformed() {
         let good = encoded(&sample());
         for len in 0..MSG_LEN {
-            assert_eq!(decode(&good[..len]), Err(Error::Truncated));
+            assert_eq!(decode_plain(&good[..len]), Err(Error::Truncated));
         }
         let mut long = [0u8; MSG_LEN + 1];
         for (dst, src) in long.iter_mut().zip(good) {
             *dst = src;
         }
-        assert_eq!(decode(&long), Err(Error::TrailingBytes));
+        assert_eq!(decode_plain(&long), Err(Error::TrailingBytes));
 
         let mut bad = good;
         bad[0] = 0xFD;
-        assert_eq!(decode(&bad), Err(Error::BadType(0xFD)));
+        assert_eq!(decode_plain(&bad), Err(Error::BadType(0xFD)));
         // A CLC eyecatcher is not a CDC message.
         bad[0] = 0xE2;
-        assert_eq!(decode(&bad), Err(Error::BadType(0xE2)));
+        assert_eq!(decode_plain(&bad), Err(Error::BadType(0xE2)));
 
         let mut bad = good;
         bad[1] = 43;
-        assert_eq!(decode(&bad), Err(Error::BadLength(43)));
+        assert_eq!(decode_plain(&bad), Err(Error::BadLength(43)));
         bad[1] = 0;
-        assert_eq!(decode(&bad), Err(Error::BadLength(0)));
+        assert_eq!(decode_plain(&bad), Err(Error::BadLength(0)));
 
         let mut bad = good;
         [bad[4], bad[5], bad[6], bad[7]] = [0; 4];
-        assert_eq!(decode(&bad), Err(Error::ZeroToken));
+        assert_eq!(decode_plain(&bad), Err(Error::ZeroToken));
     }
 
     #[test]
@@ -377,9 +404,9 @@ mod tests {
             token: 0,
             ..sample()
         };
-        assert_eq!(encode(&no_token, &mut buf), Err(Error::ZeroToken));
+        assert_eq!(encode(&no_token, &[], &mut buf), Err(Error::ZeroToken));
         assert_eq!(
-            encode(&sample(), &mut buf[..MSG_LEN - 1]),
+            encode(&sample(), &[], &mut buf[..MSG_LEN - 1]),
             Err(Error::BufferTooSmall)
         );
         assert!(buf.iter().all(|&b| b == 0xAA));
@@ -404,5 +431,36 @@ mod tests {
             assert!(!seq_newer(seq, next));
             seq = next;
         }
+    }
+
+    #[test]
+    fn inline_data_round_trips() {
+        let mut data = [0u8; MAX_INLINE];
+        for (i, byte) in data.iter_mut().enumerate() {
+            // CAST: Wraps on purpose, any pattern will do.
+            *byte = i as u8 ^ 0x5A;
+        }
+        let mut buf = [0u8; MAX_FRAME_LEN + 1];
+        for len in [0, 1, 7, MAX_INLINE - 1, MAX_INLINE] {
+            let frame = MSG_LEN + len;
+            assert_eq!(encode(&sample(), &data[..len], &mut buf), Ok(frame));
+            // CAST: At most `MAX_FRAME_LEN`.
+            assert_eq!(buf[1], frame as u8);
+            assert_eq!(decode(&buf[..frame]), Ok((sample(), &data[..len])));
+            assert_eq!(decode(&buf[..frame - 1]), Err(Error::Truncated));
+            assert_eq!(decode(&buf[..frame + 1]), Err(Error::TrailingBytes));
+        }
+    }
+
+    #[test]
+    fn inline_data_checked_before_writing() {
+        let data = [1u8; MAX_INLINE + 1];
+        let mut buf = [0xAAu8; MAX_FRAME_LEN + 1];
+        assert_eq!(encode(&sample(), &data, &mut buf), Err(Error::DataTooLong));
+        assert_eq!(
+            encode(&sample(), &data[..9], &mut buf[..MSG_LEN + 8]),
+            Err(Error::BufferTooSmall)
+        );
+        assert!(buf.iter().all(|&b| b == 0xAA));
     }
 }

@@ -5,9 +5,10 @@
 //!
 //! Each side writes the peer's receive ring with RDMA WRITEs, from a local send buffer of the
 //! same size laid out at the same offsets, and then tells the peer how far it got with a CDC
-//! message ([`cdc::Message`]). The same message reports how far this side has read its own
-//! receive ring, which is what lets the peer write more. [`Conn`] keeps the four cursors involved
-//! and decides:
+//! message ([`cdc::Message`]); a small write may instead travel inside that message
+//! ([`Conn::next_cdc_inline`]), and the receiver places it ([`Changes::inline_at`]). The same
+//! message reports how far this side has read its own receive ring, which is what lets the peer
+//! write more. [`Conn`] keeps the four cursors involved and decides:
 //!
 //! - how much may be written ([`Conn::writable`]) and where ([`Conn::produce`]): never over bytes
 //!   the peer has not reported consumed;
@@ -56,6 +57,8 @@ pub enum ConnError {
     BadProducer(CursorError),
     /// The consumer cursor for the peer's ring (which we write) is invalid.
     BadConsumer(CursorError),
+    /// The message carries more inline data than its producer cursor announces.
+    InlineBeyondProducer,
 }
 
 /// What an accepted CDC message changed, for the caller to turn into wakeups.
@@ -79,6 +82,9 @@ pub struct Changes {
     /// A CDC message with our consumer cursor should be sent now (see
     /// [`Conn::cons_update_due`]), typically because the peer asks for it or is blocked.
     pub cons_update_due: bool,
+    /// Where the message's inline data goes in our ring: the caller copies it there before
+    /// readers can see the new producer cursor. `None` without inline data.
+    pub inline_at: Option<Segments>,
 }
 
 /// Flow-control and shutdown state of one connection.
@@ -327,15 +333,29 @@ impl Conn {
         msg
     }
 
-    /// Applies a CDC message from the peer.
+    /// Builds the next CDC message as [`Conn::next_cdc`] does, after producing `len` bytes
+    /// (1..=[`Conn::writable`]) that the message carries inline. `None`, changing nothing, if
+    /// `len` is 0, more than [`Conn::writable`] or more than [`cdc::MAX_INLINE`].
+    pub fn next_cdc_inline(&mut self, len: u32) -> Option<Message> {
+        if len as usize > cdc::MAX_INLINE {
+            return None;
+        }
+        self.produce(len)?;
+        Some(self.next_cdc())
+    }
+
+    /// Applies a CDC message from the peer that carries `inline` bytes of inline data.
     ///
     /// A message that is not newer than the last accepted one returns `stale` and changes
-    /// nothing; the first message is accepted whatever its sequence number. Otherwise the token
+    /// nothing; the first message is accepted whatever its sequence number. A stale message's
+    /// inline data is dropped with it, so the peer must send its messages in sequence order
+    /// over a transport that keeps their order (an RC queue pair does). Otherwise the token
     /// and both cursors are checked ([`RingSize::check_peer_producer`] against the consumer
     /// cursor last reported, [`RingSize::check_peer_consumer`] against the producer cursor last
-    /// announced) before anything changes; on error nothing changes and the connection must
+    /// announced), and the inline data must be the last bytes the producer cursor newly
+    /// announces, before anything changes; on error nothing changes and the connection must
     /// abort. The token is checked first, so a foreign message is an error even when stale.
-    pub fn on_cdc(&mut self, msg: &Message) -> Result<Changes, ConnError> {
+    pub fn on_cdc(&mut self, msg: &Message, inline: u32) -> Result<Changes, ConnError> {
         if msg.token != self.token {
             return Err(ConnError::WrongToken);
         }
@@ -357,6 +377,18 @@ impl Conn {
         self.peer_ring
             .check_peer_consumer(self.peer_cons, msg.cons, self.announced)
             .map_err(ConnError::BadConsumer)?;
+        let inline_at = match inline {
+            0 => None,
+            _ => {
+                // Checked above: the new producer cursor is at most a ring ahead.
+                let announced = self.own_ring.diff(self.peer_prod, msg.prod).unwrap_or(0);
+                let skip = announced
+                    .checked_sub(inline)
+                    .ok_or(ConnError::InlineBeyondProducer)?;
+                let start = self.own_ring.advance(self.peer_prod, skip);
+                self.own_ring.split(start.count, inline)
+            }
+        };
 
         let readable = self.readable();
         let writable = self.writable();
@@ -383,6 +415,7 @@ impl Conn {
             peer_aborted: newly_aborted,
             stale: false,
             cons_update_due: self.cons_update_due(),
+            inline_at,
         })
     }
 }
@@ -487,13 +520,13 @@ mod tests {
         assert_eq!(sent.prod, at(1, 0));
         assert_eq!(conn.unannounced(), 0);
         // The peer consumed 8 bytes: a write of 5 wraps at the end of the ring.
-        assert!(conn.on_cdc(&msg(0, Cursor::ZERO, at(0, 8))).is_ok());
+        assert!(conn.on_cdc(&msg(0, Cursor::ZERO, at(0, 8)), 0).is_ok());
         assert_eq!(conn.writable(), 8);
         assert_eq!(conn.produce(2), one(0, 2));
         let _ = conn.next_cdc();
-        assert!(conn.on_cdc(&msg(1, Cursor::ZERO, at(1, 0))).is_ok());
+        assert!(conn.on_cdc(&msg(1, Cursor::ZERO, at(1, 0)), 0).is_ok());
         assert_eq!(conn.writable(), 8);
-        assert!(conn.on_cdc(&msg(2, Cursor::ZERO, at(1, 2))).is_ok());
+        assert!(conn.on_cdc(&msg(2, Cursor::ZERO, at(1, 2)), 0).is_ok());
         assert_eq!(conn.writable(), 10);
         // A full window starting mid-ring: two segments, the same whether looked up first or
         // reserved; looking up reserves nothing.
@@ -506,7 +539,7 @@ mod tests {
         assert_eq!(conn.writable(), 0);
         assert_eq!(conn.unannounced(), 10);
         assert_eq!(conn.next_cdc().prod, at(2, 2));
-        assert!(conn.on_cdc(&msg(3, Cursor::ZERO, at(1, 9))).is_ok());
+        assert!(conn.on_cdc(&msg(3, Cursor::ZERO, at(1, 9)), 0).is_ok());
         assert_eq!(conn.writable(), 7);
         assert_eq!(conn.produce(8), None);
         assert_eq!(conn.produce(7), one(2, 7));
@@ -516,7 +549,7 @@ mod tests {
     #[test]
     fn read_limits_and_wrap() {
         let mut conn = Conn::new(const { size(10) }, const { size(100) }, TOKEN);
-        assert!(conn.on_cdc(&msg(0, at(0, 7), Cursor::ZERO)).is_ok());
+        assert!(conn.on_cdc(&msg(0, at(0, 7), Cursor::ZERO), 0).is_ok());
         assert_eq!(conn.readable(), 7);
         assert_eq!(conn.read_segments(0, 0), None);
         assert_eq!(conn.read_segments(0, 8), None);
@@ -533,12 +566,12 @@ mod tests {
         assert!(!conn.consume(1));
         // The peer may only fill the room we reported.
         assert_eq!(
-            conn.on_cdc(&msg(1, at(1, 1), Cursor::ZERO)),
+            conn.on_cdc(&msg(1, at(1, 1), Cursor::ZERO), 0),
             Err(ConnError::BadProducer(CursorError::TooFarAhead))
         );
         assert_eq!(conn.next_cdc().cons, at(0, 7));
         // Eight more bytes, wrapping at the end of the ring.
-        assert!(conn.on_cdc(&msg(1, at(1, 5), Cursor::ZERO)).is_ok());
+        assert!(conn.on_cdc(&msg(1, at(1, 5), Cursor::ZERO), 0).is_ok());
         assert_eq!(conn.readable(), 8);
         assert_eq!(conn.read_segments(0, 8), two(7, 3, 5));
         assert_eq!(conn.read_segments(2, 4), two(9, 1, 3));
@@ -548,7 +581,7 @@ mod tests {
         assert_eq!(conn.unreported(), 8);
         assert_eq!(conn.next_cdc().cons, at(1, 5));
         // A full ring.
-        assert!(conn.on_cdc(&msg(2, at(2, 5), Cursor::ZERO)).is_ok());
+        assert!(conn.on_cdc(&msg(2, at(2, 5), Cursor::ZERO), 0).is_ok());
         assert_eq!(conn.readable(), 10);
         assert_eq!(conn.read_segments(0, 10), two(5, 5, 5));
         assert_eq!(conn.read_segments(9, 1), one(4, 1));
@@ -568,7 +601,7 @@ mod tests {
         for _ in 0..0x1_0010 {
             let sent = a.next_cdc();
             assert_eq!(sent.seq, expected);
-            assert_eq!(b.on_cdc(&sent), Ok(Changes::default()));
+            assert_eq!(b.on_cdc(&sent, 0), Ok(Changes::default()));
             expected = expected.wrapping_add(1);
         }
         assert_eq!(expected, 0x10);
@@ -582,17 +615,17 @@ mod tests {
             ..Changes::default()
         };
         assert_eq!(
-            conn.on_cdc(&msg(0x9000, at(0, 1), Cursor::ZERO))
+            conn.on_cdc(&msg(0x9000, at(0, 1), Cursor::ZERO), 0)
                 .map(|c| c.readable),
             Ok(true)
         );
-        assert_eq!(conn.on_cdc(&msg(0x9000, at(0, 2), Cursor::ZERO)), Ok(stale));
-        assert_eq!(conn.on_cdc(&msg(0x8FFF, at(0, 2), Cursor::ZERO)), Ok(stale));
+        assert_eq!(conn.on_cdc(&msg(0x9000, at(0, 2), Cursor::ZERO), 0), Ok(stale));
+        assert_eq!(conn.on_cdc(&msg(0x8FFF, at(0, 2), Cursor::ZERO), 0), Ok(stale));
         // Exactly half the sequence space away: neither newer nor older, so ignored.
-        assert_eq!(conn.on_cdc(&msg(0x1000, at(0, 2), Cursor::ZERO)), Ok(stale));
+        assert_eq!(conn.on_cdc(&msg(0x1000, at(0, 2), Cursor::ZERO), 0), Ok(stale));
         assert_eq!(conn.readable(), 1);
         assert_eq!(
-            conn.on_cdc(&msg(0x9001, at(0, 2), Cursor::ZERO))
+            conn.on_cdc(&msg(0x9001, at(0, 2), Cursor::ZERO), 0)
                 .map(|c| c.stale),
             Ok(false)
         );
@@ -612,22 +645,22 @@ mod tests {
         assert!(a.produce(2).is_some());
         a.set_write_blocked(true);
         let new = a.next_cdc();
-        assert_eq!(b.on_cdc(&new).map(|c| c.readable), Ok(true));
+        assert_eq!(b.on_cdc(&new, 0).map(|c| c.readable), Ok(true));
         assert_eq!(b.readable(), 5);
         let before = b.clone();
         // Overtaken and duplicate messages change nothing, whatever they carry.
-        assert_eq!(b.on_cdc(&old), Ok(stale));
-        assert_eq!(b.on_cdc(&new), Ok(stale));
+        assert_eq!(b.on_cdc(&old, 0), Ok(stale));
+        assert_eq!(b.on_cdc(&new, 0), Ok(stale));
         let mut old_abort = old;
         old_abort.flags.peer_conn_abort = true;
         old_abort.prod = at(0, 99);
-        assert_eq!(b.on_cdc(&old_abort), Ok(stale));
+        assert_eq!(b.on_cdc(&old_abort, 0), Ok(stale));
         assert_eq!(b, before);
         assert!(!b.peer_aborted());
         // The token is checked even on stale messages.
         let mut foreign = old;
         foreign.token = TOKEN + 1;
-        assert_eq!(b.on_cdc(&foreign), Err(ConnError::WrongToken));
+        assert_eq!(b.on_cdc(&foreign, 0), Err(ConnError::WrongToken));
         assert_eq!(b, before);
     }
 
@@ -638,12 +671,12 @@ mod tests {
         for token in [0, 1, TOKEN - 1, TOKEN + 1, u32::MAX] {
             let mut foreign = msg(0, at(0, 1), Cursor::ZERO);
             foreign.token = token;
-            assert_eq!(conn.on_cdc(&foreign), Err(ConnError::WrongToken));
+            assert_eq!(conn.on_cdc(&foreign, 0), Err(ConnError::WrongToken));
             assert_eq!(conn, before);
         }
         // Nothing was recorded: the same sequence number is still accepted.
         assert_eq!(
-            conn.on_cdc(&msg(0, at(0, 1), Cursor::ZERO))
+            conn.on_cdc(&msg(0, at(0, 1), Cursor::ZERO), 0)
                 .map(|c| c.readable),
             Ok(true)
         );
@@ -652,7 +685,7 @@ mod tests {
     #[test]
     fn bad_producer_changes_nothing() {
         let mut conn = Conn::new(const { size(10) }, const { size(10) }, TOKEN);
-        assert!(conn.on_cdc(&msg(1, at(0, 6), Cursor::ZERO)).is_ok());
+        assert!(conn.on_cdc(&msg(1, at(0, 6), Cursor::ZERO), 0).is_ok());
         assert!(conn.consume(2));
         let _ = conn.next_cdc();
         let before = conn.clone();
@@ -667,21 +700,21 @@ mod tests {
         ];
         for (prod, error) in cases {
             assert_eq!(
-                conn.on_cdc(&msg(7, prod, Cursor::ZERO)),
+                conn.on_cdc(&msg(7, prod, Cursor::ZERO), 0),
                 Err(ConnError::BadProducer(error))
             );
             assert_eq!(conn, before);
         }
         // A bad producer is reported even when the consumer is bad too.
         assert_eq!(
-            conn.on_cdc(&msg(7, at(0, 5), at(0, 5))),
+            conn.on_cdc(&msg(7, at(0, 5), at(0, 5)), 0),
             Err(ConnError::BadProducer(CursorError::Regressed))
         );
         assert_eq!(conn, before);
         // Exactly a full ring past the consumer is fine; the rejected sequence numbers were not
         // recorded.
         assert_eq!(
-            conn.on_cdc(&msg(2, at(1, 2), Cursor::ZERO))
+            conn.on_cdc(&msg(2, at(1, 2), Cursor::ZERO), 0)
                 .map(|c| c.readable),
             Ok(true)
         );
@@ -695,7 +728,7 @@ mod tests {
         let _ = conn.next_cdc();
         // Produced but not announced yet: the peer cannot have consumed these.
         assert!(conn.produce(2).is_some());
-        assert!(conn.on_cdc(&msg(1, Cursor::ZERO, at(0, 4))).is_ok());
+        assert!(conn.on_cdc(&msg(1, Cursor::ZERO, at(0, 4)), 0).is_ok());
         assert_eq!(conn.writable(), 6);
         let before = conn.clone();
         let cases = [
@@ -709,17 +742,92 @@ mod tests {
         ];
         for (cons, error) in cases {
             assert_eq!(
-                conn.on_cdc(&msg(5, Cursor::ZERO, cons)),
+                conn.on_cdc(&msg(5, Cursor::ZERO, cons), 0),
                 Err(ConnError::BadConsumer(error))
             );
             assert_eq!(conn, before);
         }
         assert_eq!(
-            conn.on_cdc(&msg(2, Cursor::ZERO, at(0, 6)))
+            conn.on_cdc(&msg(2, Cursor::ZERO, at(0, 6)), 0)
                 .map(|c| c.writable),
             Ok(true)
         );
         assert_eq!(conn.writable(), 8);
+    }
+
+    #[test]
+    fn inline_data_placed_after_written_bytes() {
+        let mut conn = Conn::new(const { size(10) }, const { size(10) }, TOKEN);
+        let changes = conn.on_cdc(&msg(0, at(0, 3), Cursor::ZERO), 3);
+        assert_eq!(changes.map(|c| c.inline_at), Ok(one(0, 3)));
+        // Bytes 3..6 came by RDMA WRITE, 6..8 inline.
+        let changes = conn.on_cdc(&msg(1, at(0, 8), Cursor::ZERO), 2);
+        assert_eq!(changes.map(|c| (c.readable, c.inline_at)), Ok((true, one(6, 2))));
+        assert_eq!(conn.readable(), 8);
+        // A cursor-only message places nothing.
+        let changes = conn.on_cdc(&msg(2, at(0, 8), Cursor::ZERO), 0);
+        assert_eq!(changes.map(|c| c.inline_at), Ok(None));
+    }
+
+    #[test]
+    fn inline_data_wraps() {
+        let mut conn = Conn::new(const { size(10) }, const { size(10) }, TOKEN);
+        assert!(conn.on_cdc(&msg(0, at(0, 8), Cursor::ZERO), 0).is_ok());
+        assert!(conn.consume(8));
+        conn.next_cdc();
+        let changes = conn.on_cdc(&msg(1, at(1, 3), Cursor::ZERO), 5);
+        assert_eq!(changes.map(|c| c.inline_at), Ok(two(8, 2, 3)));
+        assert_eq!(conn.read_segments(0, 5), two(8, 2, 3));
+    }
+
+    #[test]
+    fn inline_data_beyond_producer_rejected() {
+        let mut conn = Conn::new(const { size(10) }, const { size(10) }, TOKEN);
+        assert!(conn.on_cdc(&msg(0, at(0, 2), Cursor::ZERO), 2).is_ok());
+        let before = conn.clone();
+        assert_eq!(
+            conn.on_cdc(&msg(1, at(0, 5), Cursor::ZERO), 4),
+            Err(ConnError::InlineBeyondProducer)
+        );
+        assert_eq!(
+            conn.on_cdc(&msg(1, at(0, 2), Cursor::ZERO), 1),
+            Err(ConnError::InlineBeyondProducer)
+        );
+        assert_eq!(conn, before);
+    }
+
+    #[test]
+    fn stale_inline_data_dropped() {
+        let mut conn = Conn::new(const { size(10) }, const { size(10) }, TOKEN);
+        assert!(conn.on_cdc(&msg(5, at(0, 2), Cursor::ZERO), 2).is_ok());
+        let before = conn.clone();
+        assert_eq!(
+            conn.on_cdc(&msg(5, at(0, 4), Cursor::ZERO), 2),
+            Ok(Changes {
+                stale: true,
+                ..Changes::default()
+            })
+        );
+        assert_eq!(conn, before);
+    }
+
+    #[test]
+    fn next_cdc_inline_limits() {
+        let mut conn = Conn::new(const { size(1024) }, const { size(300) }, TOKEN);
+        let before = conn.clone();
+        assert_eq!(conn.next_cdc_inline(0), None);
+        // CAST: `MAX_INLINE` is below the ring size.
+        let too_long = cdc::MAX_INLINE as u32 + 1;
+        assert_eq!(conn.next_cdc_inline(too_long), None);
+        assert_eq!(conn, before);
+        let first = conn.next_cdc_inline(too_long - 1);
+        assert_eq!(first.map(|m| (m.seq, m.prod)), Some((0, at(0, too_long - 1))));
+        assert_eq!(conn.unannounced(), 0);
+        // Only 300 - 211 = 89 bytes of window are left.
+        assert_eq!(conn.next_cdc_inline(90), None);
+        let second = conn.next_cdc_inline(89);
+        assert_eq!(second.map(|m| (m.seq, m.prod)), Some((1, at(1, 0))));
+        assert_eq!(conn.writable(), 0);
     }
 
     #[test]
@@ -728,7 +836,7 @@ mod tests {
         let mut fin = msg(0, at(0, 3), Cursor::ZERO);
         fin.flags.peer_done_writing = true;
         assert_eq!(
-            conn.on_cdc(&fin),
+            conn.on_cdc(&fin, 0),
             Ok(Changes {
                 readable: true,
                 peer_done_writing: true,
@@ -737,13 +845,13 @@ mod tests {
         );
         let before = conn.clone();
         assert_eq!(
-            conn.on_cdc(&msg(1, at(0, 4), Cursor::ZERO)),
+            conn.on_cdc(&msg(1, at(0, 4), Cursor::ZERO), 0),
             Err(ConnError::BadProducer(CursorError::TooFarAhead))
         );
         assert_eq!(conn, before);
         // The same producer cursor is fine, and the flag stays without being repeated.
         assert_eq!(
-            conn.on_cdc(&msg(1, at(0, 3), Cursor::ZERO)),
+            conn.on_cdc(&msg(1, at(0, 3), Cursor::ZERO), 0),
             Ok(Changes::default())
         );
         assert!(conn.peer_done_writing());
@@ -767,7 +875,7 @@ mod tests {
         for (ring, threshold) in cases {
             let mut conn = Conn::new(ring, const { size(10) }, TOKEN);
             let full = ring.advance(Cursor::ZERO, ring.get());
-            assert!(conn.on_cdc(&msg(0, full, Cursor::ZERO)).is_ok());
+            assert!(conn.on_cdc(&msg(0, full, Cursor::ZERO), 0).is_ok());
             assert!(!conn.cons_update_due());
             assert!(conn.consume(threshold - 1));
             assert!(!conn.cons_update_due());
@@ -794,7 +902,7 @@ mod tests {
         assert!(blocked.flags.write_blocked);
         // Nothing consumed yet: nothing to report.
         assert_eq!(
-            b.on_cdc(&blocked),
+            b.on_cdc(&blocked, 0),
             Ok(Changes {
                 readable: true,
                 ..Changes::default()
@@ -807,7 +915,7 @@ mod tests {
         let update = b.next_cdc();
         assert!(!update.flags.write_blocked);
         assert_eq!(
-            a.on_cdc(&update),
+            a.on_cdc(&update, 0),
             Ok(Changes {
                 writable: true,
                 ..Changes::default()
@@ -819,13 +927,13 @@ mod tests {
         a.set_write_blocked(false);
         let unblocked = a.next_cdc();
         assert!(!unblocked.flags.write_blocked);
-        assert_eq!(b.on_cdc(&unblocked), Ok(Changes::default()));
+        assert_eq!(b.on_cdc(&unblocked, 0), Ok(Changes::default()));
         assert!(b.consume(1));
         assert!(!b.cons_update_due());
         // Consumed before the flag arrives: the message itself makes the update due.
         a.set_write_blocked(true);
         assert_eq!(
-            b.on_cdc(&a.next_cdc()),
+            b.on_cdc(&a.next_cdc(), 0),
             Ok(Changes {
                 cons_update_due: true,
                 ..Changes::default()
@@ -842,7 +950,7 @@ mod tests {
         let mut b = Conn::new(const { size(1024) }, const { size(1024) }, TOKEN);
         assert!(a.produce(1024).is_some());
         a.set_write_blocked(true);
-        assert!(b.on_cdc(&a.next_cdc()).is_ok());
+        assert!(b.on_cdc(&a.next_cdc(), 0).is_ok());
         assert!(b.consume(63));
         assert!(!b.cons_update_due());
         assert!(b.consume(1));
@@ -851,7 +959,7 @@ mod tests {
         let mut c = Conn::new(const { size(1024) }, const { size(1024) }, TOKEN);
         let mut d = Conn::new(const { size(1024) }, const { size(1024) }, TOKEN);
         assert!(c.produce(1024).is_some());
-        assert!(d.on_cdc(&c.next_cdc()).is_ok());
+        assert!(d.on_cdc(&c.next_cdc(), 0).is_ok());
         assert!(d.consume(255));
         assert!(!d.cons_update_due());
         assert!(d.consume(1));
@@ -861,13 +969,13 @@ mod tests {
     #[test]
     fn cons_update_requested() {
         let mut conn = Conn::new(const { size(16) }, const { size(16) }, TOKEN);
-        assert!(conn.on_cdc(&msg(0, at(0, 8), Cursor::ZERO)).is_ok());
+        assert!(conn.on_cdc(&msg(0, at(0, 8), Cursor::ZERO), 0).is_ok());
         assert!(conn.consume(1));
         assert!(!conn.cons_update_due());
         let mut request = msg(1, at(0, 8), Cursor::ZERO);
         request.flags.cons_update_requested = true;
         assert_eq!(
-            conn.on_cdc(&request),
+            conn.on_cdc(&request, 0),
             Ok(Changes {
                 cons_update_due: true,
                 ..Changes::default()
@@ -880,7 +988,7 @@ mod tests {
         assert!(conn.consume(1));
         assert!(conn.cons_update_due());
         assert_eq!(
-            conn.on_cdc(&msg(2, at(0, 8), Cursor::ZERO)),
+            conn.on_cdc(&msg(2, at(0, 8), Cursor::ZERO), 0),
             Ok(Changes::default())
         );
         assert!(!conn.cons_update_due());
@@ -908,7 +1016,7 @@ mod tests {
         );
         // Sticky; reading goes on.
         assert!(conn.next_cdc().flags.peer_done_writing);
-        assert!(conn.on_cdc(&msg(0, at(0, 2), at(0, 3))).is_ok());
+        assert!(conn.on_cdc(&msg(0, at(0, 2), at(0, 3)), 0).is_ok());
         assert_eq!(conn.writable(), 0);
         assert!(conn.consume(2));
         conn.close();
@@ -962,7 +1070,7 @@ mod tests {
         let mut conn = Conn::new(ring, ring, TOKEN);
         let mut fin = msg(0, at(0, 5), Cursor::ZERO);
         fin.flags.peer_done_writing = true;
-        let changes = conn.on_cdc(&fin);
+        let changes = conn.on_cdc(&fin, 0);
         assert_eq!(
             changes.map(|c| (c.readable, c.peer_done_writing)),
             Ok((true, true))
@@ -979,7 +1087,7 @@ mod tests {
         close.flags.peer_conn_closed = true;
         // The five bytes consumed are not reported yet: a quarter of the ring or more.
         assert_eq!(
-            conn.on_cdc(&close),
+            conn.on_cdc(&close, 0),
             Ok(Changes {
                 peer_closed: true,
                 cons_update_due: true,
@@ -991,11 +1099,11 @@ mod tests {
 
         // A close alone implies done writing, and is end of file once everything is read.
         let mut conn = Conn::new(ring, ring, TOKEN);
-        assert!(conn.on_cdc(&msg(0, at(0, 2), Cursor::ZERO)).is_ok());
+        assert!(conn.on_cdc(&msg(0, at(0, 2), Cursor::ZERO), 0).is_ok());
         let mut close = msg(1, at(0, 2), Cursor::ZERO);
         close.flags.peer_conn_closed = true;
         assert_eq!(
-            conn.on_cdc(&close),
+            conn.on_cdc(&close, 0),
             Ok(Changes {
                 readable: true,
                 peer_done_writing: true,
@@ -1014,7 +1122,7 @@ mod tests {
         let mut abort = msg(0, at(0, 5), Cursor::ZERO);
         abort.flags.peer_conn_abort = true;
         assert_eq!(
-            conn.on_cdc(&abort),
+            conn.on_cdc(&abort, 0),
             Ok(Changes {
                 readable: true,
                 peer_aborted: true,
@@ -1029,7 +1137,7 @@ mod tests {
         assert_eq!(conn.readable(), 5);
         // Sticky, and not new any more.
         assert_eq!(
-            conn.on_cdc(&msg(1, at(0, 5), Cursor::ZERO)),
+            conn.on_cdc(&msg(1, at(0, 5), Cursor::ZERO), 0),
             Ok(Changes::default())
         );
         assert!(conn.peer_aborted());
@@ -1043,25 +1151,25 @@ mod tests {
         assert!(conn.produce(6).is_some());
         let _ = conn.next_cdc();
         assert_eq!(
-            conn.on_cdc(&msg(0, Cursor::ZERO, at(0, 2))),
+            conn.on_cdc(&msg(0, Cursor::ZERO, at(0, 2)), 0),
             Ok(Changes {
                 writable: true,
                 ..Changes::default()
             })
         );
         assert_eq!(
-            conn.on_cdc(&msg(1, at(0, 1), at(0, 2))),
+            conn.on_cdc(&msg(1, at(0, 1), at(0, 2)), 0),
             Ok(Changes {
                 readable: true,
                 ..Changes::default()
             })
         );
         assert_eq!(
-            conn.on_cdc(&msg(2, at(0, 1), at(0, 2))),
+            conn.on_cdc(&msg(2, at(0, 1), at(0, 2)), 0),
             Ok(Changes::default())
         );
         assert_eq!(
-            conn.on_cdc(&msg(3, at(0, 3), at(0, 6))),
+            conn.on_cdc(&msg(3, at(0, 3), at(0, 6)), 0),
             Ok(Changes {
                 readable: true,
                 writable: true,
@@ -1089,14 +1197,14 @@ mod tests {
             wrap = wrap.wrapping_add(1);
             assert_eq!(data.seq, seq);
             assert_eq!(data.prod, at(wrap, 0));
-            assert_eq!(b.on_cdc(&data).map(|c| c.readable), Ok(true));
+            assert_eq!(b.on_cdc(&data, 0).map(|c| c.readable), Ok(true));
             assert_eq!(b.read_segments(0, 1), one(0, 1));
             assert!(b.consume(1));
             assert!(b.cons_update_due());
             let update = b.next_cdc();
             assert_eq!(update.seq, seq);
             assert_eq!(update.cons, at(wrap, 0));
-            assert_eq!(a.on_cdc(&update).map(|c| c.writable), Ok(true));
+            assert_eq!(a.on_cdc(&update, 0).map(|c| c.writable), Ok(true));
             seq = seq.wrapping_add(1);
         }
         assert_eq!(wrap, 0x100);
@@ -1258,7 +1366,7 @@ mod tests {
                 self.wire[slot] = None;
             }
             let before = peer.conn.clone();
-            let changes = peer.conn.on_cdc(&msg);
+            let changes = peer.conn.on_cdc(&msg, 0);
             assert!(changes.is_ok());
             let changes = changes.unwrap_or_default();
             if changes.stale {
@@ -1387,6 +1495,139 @@ mod tests {
             b.flush(&mut a);
             assert!(a.conn.at_eof());
             assert!(!a.conn.peer_closed());
+        }
+    }
+
+    /// A message in flight with its inline bytes (the first `.2` of `.1`).
+    type Framed = (Message, [u8; MAX_RING], u32);
+
+    impl End {
+        /// Produces up to `want` bytes of our stream inline in a new message, instead of
+        /// writing them into the peer's ring; `None` if there is no room.
+        fn write_inline(&mut self, want: u32) -> Option<Framed> {
+            let len = want.min(self.conn.writable());
+            let msg = self.conn.next_cdc_inline(len)?;
+            let mut data = [0; MAX_RING];
+            for byte in &mut data[..len as usize] {
+                *byte = pattern_byte(self.out_pattern, self.sent);
+                self.sent += 1;
+            }
+            self.announced = self.sent;
+            Some((msg, data, len))
+        }
+
+        /// Builds a message without inline bytes.
+        fn cursor_message(&mut self) -> Framed {
+            self.announced = self.sent;
+            (self.conn.next_cdc(), [0; MAX_RING], 0)
+        }
+
+        /// Applies a message from the peer, delivered in order, and places its inline bytes.
+        fn receive(&mut self, (msg, data, len): Framed) {
+            let changes = self.conn.on_cdc(&msg, len);
+            assert!(changes.is_ok());
+            let changes = changes.unwrap_or_default();
+            assert!(!changes.stale);
+            let mut placed = 0;
+            for segment in changes.inline_at.iter().flat_map(|at| at.iter()) {
+                for offset in segment.offset..segment.offset + segment.len {
+                    let at = offset as usize;
+                    // Never over unread bytes.
+                    assert!(!self.unread[at]);
+                    self.ring[at] = data[placed];
+                    self.unread[at] = true;
+                    placed += 1;
+                }
+            }
+            assert_eq!(placed, len as usize);
+        }
+    }
+
+    /// Messages from one end, delivered in the order they were built, as on an RC queue pair.
+    struct Wire([Option<Framed>; IN_FLIGHT]);
+
+    impl Wire {
+        /// Puts `msg` on the wire, first delivering the oldest to `peer` if the wire is full.
+        fn push(&mut self, msg: Framed, peer: &mut End) {
+            if self.0.iter().all(Option::is_some) {
+                self.deliver(peer);
+            }
+            if let Some(free) = self.0.iter_mut().find(|slot| slot.is_none()) {
+                *free = Some(msg);
+            }
+        }
+
+        /// Delivers the oldest message, if any, to `peer`.
+        fn deliver(&mut self, peer: &mut End) {
+            if let Some(msg) = self.0[0].take() {
+                peer.receive(msg);
+            }
+            self.0.rotate_left(1);
+        }
+    }
+
+    /// One random step from `from` to `to`: a write, an inline write, a cursor message, a
+    /// delivery or a read.
+    fn inline_step(from: &mut End, to: &mut End, wire: &mut Wire, rng: &mut XorShift) {
+        let want = rng.up_to(2 * MAX_RING as u32);
+        match rng.up_to(4) {
+            0 => from.write(to, want),
+            1 => {
+                if let Some(msg) = from.write_inline(want) {
+                    wire.push(msg, to);
+                }
+            }
+            2 => wire.push(from.cursor_message(), to),
+            3 => wire.deliver(to),
+            _ => {
+                let len = rng.up_to(to.conn.readable());
+                to.read(len);
+            }
+        }
+    }
+
+    /// As the random exchange, with bytes also sent inline in the messages, whose order the
+    /// wire keeps; checks every byte arrives once and in order and none lands on unread bytes.
+    #[test]
+    fn random_inline_exchange_keeps_streams_intact() {
+        let pairs = const { [(size(7), size(13)), (size(1), size(2)), (size(16), size(3))] };
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        for (a_ring, b_ring) in pairs {
+            let mut a = End::new(a_ring, b_ring, 0x00, 0x5A);
+            let mut b = End::new(b_ring, a_ring, 0x5A, 0x00);
+            let mut a_wire = Wire([None; IN_FLIGHT]);
+            let mut b_wire = Wire([None; IN_FLIGHT]);
+            for _ in 0..20_000 {
+                if rng.next() % 2 == 0 {
+                    inline_step(&mut a, &mut b, &mut a_wire, &mut rng);
+                } else {
+                    inline_step(&mut b, &mut a, &mut b_wire, &mut rng);
+                }
+                if a.conn.cons_update_due() && rng.next() % 4 != 0 {
+                    a_wire.push(a.cursor_message(), &mut b);
+                }
+                if b.conn.cons_update_due() && rng.next() % 4 != 0 {
+                    b_wire.push(b.cursor_message(), &mut a);
+                }
+            }
+            for _ in 0..IN_FLIGHT {
+                a_wire.deliver(&mut b);
+                b_wire.deliver(&mut a);
+            }
+            let msg = a.cursor_message();
+            b.receive(msg);
+            let msg = b.cursor_message();
+            a.receive(msg);
+            let len = a.conn.readable();
+            a.read(len);
+            let len = b.conn.readable();
+            b.read(len);
+            assert_eq!(b.received, a.sent);
+            assert_eq!(a.received, b.sent);
+            assert_eq!(a.unread_bytes(), 0);
+            assert_eq!(b.unread_bytes(), 0);
+            assert!(a.sent > 100 * b_ring.get());
+            assert!(b.sent > 100 * a_ring.get());
         }
     }
 }
