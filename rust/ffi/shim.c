@@ -519,7 +519,10 @@ void rsmc_ib_dma_unmap_page(struct ib_device *dev, u64 addr, size_t size,
 	ib_dma_unmap_page(dev, addr, size, direction);
 }
 
+/* Under the socket lock, as sk_setsockopt writes the bitfields sk_reuseport shares a byte with. */
 void rsmc_sk_set_reuseport(struct sock *sk, bool on)
 {
+	lock_sock(sk);
 	sk->sk_reuseport = on;
+	release_sock(sk);
 }

@@ -189,10 +189,10 @@ impl Sock {
         i32::from(unsafe { sys::rsmc_sk_protocol(self.as_raw()) })
     }
 
-    /// Sets what `getsockopt(SO_REUSEPORT)` reports.
+    /// Sets what `getsockopt(SO_REUSEPORT)` reports. Takes the socket lock, so it sleeps.
     pub(crate) fn set_reuseport(&self, on: bool) {
-        // SAFETY: `sk` is valid. The bit shares a byte with `sk_reuse`, which only `setsockopt`
-        // writes too, as for any socket.
+        // SAFETY: `sk` is valid. The shim writes the bit under the socket lock, as
+        // `sk_setsockopt` writes `sk_reuse` and `sk_ipv6only`, which share its byte.
         unsafe { sys::rsmc_sk_set_reuseport(self.as_raw(), on) };
     }
 
