@@ -96,4 +96,24 @@ awk '{
 	if (f["failed"]) { printf "%-6s %-10s %-5s %9s\n", f["label"], f["mode"], f["busy"], "FAILED"; next }
 	printf "%-6s %-10s %-5s %9s %9s %9s %8s\n", f["label"], f["mode"], f["busy"], f["p50_us"], f["p99_us"], f["mean_us"], f["napi_id"]
 }' "$results"
+
+echo
+echo "busy-poll p50 as a fraction of: rsmc without busy polling, stock SMC-R (same mode, else"
+echo "recv), raw verbs polling the CQ"
+printf '%-10s %9s %9s %9s\n' mode rsmc_off smc-r verbs
+awk '{
+	delete f
+	for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+	if (!f["failed"]) p50[f["label"] " " f["mode"] " " f["busy"]] = f["p50_us"]
+}
+function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
+END {
+	split("recv epoll poll io_uring", modes, " ")
+	for (i = 1; i <= 4; i++) {
+		m = modes[i]; busy = p50["rsmc " m " 1"]
+		smcr = p50["smc-r " m " 0"]; if (smcr == "") smcr = p50["smc-r recv 0"]
+		printf "%-10s %9s %9s %9s\n", m, ratio(busy, p50["rsmc " m " 0"]), ratio(busy, smcr),
+			ratio(busy, p50["verbs cq_poll -"])
+	}
+}' "$results"
 ! grep -q 'failed=1' "$results"
