@@ -1323,6 +1323,66 @@ TEST_F_TIMEOUT(stream, tcp_client_to_smc_server, 90)
 /* ---------------------------------------------------------------------------------------- */
 /* 12. options                                                                                */
 
+#ifndef SO_BUSY_POLL_BUDGET
+#define SO_PREFER_BUSY_POLL 69
+#define SO_BUSY_POLL_BUDGET 70
+#endif
+#ifndef SO_ZEROCOPY
+#define SO_ZEROCOPY 60
+#endif
+
+/*
+ * An accepted socket starts with its listener's socket options, as a TCP child does (a copy
+ * of the listener, sk_clone_lock): timeouts, linger, keepalive, priority, mark, buffer sizes,
+ * low-water mark, busy polling and zerocopy.
+ */
+TEST_F(stream, accepted_socket_inherits_listener_options)
+{
+	static const struct {
+		int name, val;
+	} ints[] = {
+		{ SO_KEEPALIVE, 1 }, { SO_PRIORITY, 5 }, { SO_MARK, 42 }, { SO_RCVBUF, 65536 },
+		{ SO_SNDBUF, 131072 }, { SO_RCVLOWAT, 5 }, { SO_BUSY_POLL, 77 },
+		{ SO_PREFER_BUSY_POLL, 1 }, { SO_BUSY_POLL_BUDGET, 16 }, { SO_ZEROCOPY, 1 },
+	};
+	struct timeval rcvtimeo = { .tv_sec = 7, .tv_usec = 250000 }, sndtimeo = { .tv_sec = 3 };
+	struct linger linger = { .l_onoff = 1, .l_linger = 9 };
+	int lfd, cfd, sfd, want, got;
+	struct timeval tv;
+	struct linger l;
+	socklen_t len;
+	uint16_t port;
+
+	lfd = listen_b(_metadata, variant, true, 0, 0, false, &port);
+	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+		ASSERT_EQ(0, set_int(lfd, SOL_SOCKET, ints[i].name, ints[i].val))
+			TH_LOG("option %d: %s", ints[i].name, strerror(errno));
+	ASSERT_EQ(0, setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &rcvtimeo, sizeof(rcvtimeo)));
+	ASSERT_EQ(0, setsockopt(lfd, SOL_SOCKET, SO_SNDTIMEO, &sndtimeo, sizeof(sndtimeo)));
+	ASSERT_EQ(0, setsockopt(lfd, SOL_SOCKET, SO_LINGER, &linger, sizeof(linger)));
+	cfd = connect_a_to_b(_metadata, variant, true, port);
+	sfd = accept_within(_metadata, lfd, 0);
+	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+		/* As the listener reports it (the buffer sizes come back doubled). */
+		ASSERT_EQ(0, get_int(lfd, SOL_SOCKET, ints[i].name, &want));
+		ASSERT_EQ(0, get_int(sfd, SOL_SOCKET, ints[i].name, &got));
+		EXPECT_EQ(want, got) TH_LOG("option %d", ints[i].name);
+	}
+	len = sizeof(tv);
+	ASSERT_EQ(0, getsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, &len));
+	EXPECT_EQ(rcvtimeo.tv_sec, tv.tv_sec);
+	EXPECT_EQ(rcvtimeo.tv_usec, tv.tv_usec);
+	ASSERT_EQ(0, getsockopt(sfd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len));
+	EXPECT_EQ(sndtimeo.tv_sec, tv.tv_sec);
+	len = sizeof(l);
+	ASSERT_EQ(0, getsockopt(sfd, SOL_SOCKET, SO_LINGER, &l, &len));
+	EXPECT_EQ(1, l.l_onoff);
+	EXPECT_EQ(9, l.l_linger);
+	EXPECT_EQ(0, close(lfd));
+	EXPECT_EQ(0, close(cfd));
+	EXPECT_EQ(0, close(sfd));
+}
+
 TEST_F(stream, tcp_nodelay_roundtrip)
 {
 	int cfd, sfd, fd, val = -1;

@@ -526,3 +526,37 @@ void rsmc_sk_set_reuseport(struct sock *sk, bool on)
 	sk->sk_reuseport = on;
 	release_sock(sk);
 }
+
+/*
+ * The socket options a TCP child takes over from its listener (sk_clone_lock copies the whole
+ * sock), for an accepted socket before anyone else sees it; the flags are net/smc's
+ * SK_FLAGS_CLC_TO_SMC and SOCK_ZEROCOPY.
+ */
+void rsmc_sk_inherit_options(struct sock *nsk, const struct sock *osk)
+{
+	const unsigned long flags = BIT(SOCK_URGINLINE) | BIT(SOCK_KEEPOPEN) | BIT(SOCK_LINGER) |
+		BIT(SOCK_BROADCAST) | BIT(SOCK_TIMESTAMP) | BIT(SOCK_DBG) | BIT(SOCK_RCVTSTAMP) |
+		BIT(SOCK_RCVTSTAMPNS) | BIT(SOCK_LOCALROUTE) |
+		BIT(SOCK_TIMESTAMPING_RX_SOFTWARE) | BIT(SOCK_RXQ_OVFL) | BIT(SOCK_WIFI_STATUS) |
+		BIT(SOCK_NOFCS) | BIT(SOCK_FILTER_LOCKED) | BIT(SOCK_TSTAMP_NEW) |
+		BIT(SOCK_ZEROCOPY);
+
+	nsk->sk_flags = (nsk->sk_flags & ~flags) | (READ_ONCE(osk->sk_flags) & flags);
+	nsk->sk_userlocks = READ_ONCE(osk->sk_userlocks);
+	if (nsk->sk_userlocks & SOCK_SNDBUF_LOCK)
+		nsk->sk_sndbuf = READ_ONCE(osk->sk_sndbuf);
+	if (nsk->sk_userlocks & SOCK_RCVBUF_LOCK)
+		nsk->sk_rcvbuf = READ_ONCE(osk->sk_rcvbuf);
+	nsk->sk_rcvtimeo = READ_ONCE(osk->sk_rcvtimeo);
+	nsk->sk_sndtimeo = READ_ONCE(osk->sk_sndtimeo);
+	nsk->sk_rcvlowat = READ_ONCE(osk->sk_rcvlowat);
+	nsk->sk_lingertime = READ_ONCE(osk->sk_lingertime);
+	nsk->sk_priority = READ_ONCE(osk->sk_priority);
+	nsk->sk_mark = READ_ONCE(osk->sk_mark);
+	nsk->sk_bound_dev_if = READ_ONCE(osk->sk_bound_dev_if);
+#ifdef CONFIG_NET_RX_BUSY_POLL
+	nsk->sk_ll_usec = READ_ONCE(osk->sk_ll_usec);
+	nsk->sk_prefer_busy_poll = READ_ONCE(osk->sk_prefer_busy_poll);
+	nsk->sk_busy_poll_budget = READ_ONCE(osk->sk_busy_poll_budget);
+#endif
+}

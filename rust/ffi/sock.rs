@@ -639,12 +639,15 @@ socket_call!(
             let protocol = i32::from(unsafe { sys::rsmc_sk_protocol(socket.sk().0) });
             let mut state = Some(state);
             // SAFETY: `newsock` is the fresh socket the socket layer made for this accept,
-            // with our ops already set; `net` is the listener's namespace.
+            // with our ops already set; `net` is the listener's namespace. Once attached,
+            // `newsock` has an `sk` that no one else sees yet; the listener's sk is valid.
             unsafe {
                 attach_sk::<T>(net, newsock, protocol, c_int::from(kern), |_| {
                     state.take().ok_or(EINVAL)
                 })?;
                 (*newsock).state = sys::socket_state_SS_CONNECTED;
+                // As a TCP child, the new socket starts with its listener's options.
+                sys::rsmc_sk_inherit_options((*newsock).sk, socket.sk().0);
             }
             // SAFETY: `newsock` now has an `sk` of this family with initialised state, and
             // stays valid for this call.
