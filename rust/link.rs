@@ -551,8 +551,9 @@ impl Link {
             return;
         }
         let mut bytes = [0u8; cdc::MAX_FRAME_LEN];
+        let offset = slot as usize * CDC_SLOT;
         let frame = match bytes.get_mut(..wc.byte_len() as usize) {
-            Some(frame) => self.cdc_rx.read(slot as usize * CDC_SLOT, frame).map(|()| &*frame),
+            Some(frame) => self.cdc_rx.read(offset, frame).map(|()| &*frame),
             None => Err(EMSGSIZE),
         };
         if let Err(err) = self.post_recv(slot) {

@@ -619,10 +619,19 @@ mod tests {
                 .map(|c| c.readable),
             Ok(true)
         );
-        assert_eq!(conn.on_cdc(&msg(0x9000, at(0, 2), Cursor::ZERO), 0), Ok(stale));
-        assert_eq!(conn.on_cdc(&msg(0x8FFF, at(0, 2), Cursor::ZERO), 0), Ok(stale));
+        assert_eq!(
+            conn.on_cdc(&msg(0x9000, at(0, 2), Cursor::ZERO), 0),
+            Ok(stale)
+        );
+        assert_eq!(
+            conn.on_cdc(&msg(0x8FFF, at(0, 2), Cursor::ZERO), 0),
+            Ok(stale)
+        );
         // Exactly half the sequence space away: neither newer nor older, so ignored.
-        assert_eq!(conn.on_cdc(&msg(0x1000, at(0, 2), Cursor::ZERO), 0), Ok(stale));
+        assert_eq!(
+            conn.on_cdc(&msg(0x1000, at(0, 2), Cursor::ZERO), 0),
+            Ok(stale)
+        );
         assert_eq!(conn.readable(), 1);
         assert_eq!(
             conn.on_cdc(&msg(0x9001, at(0, 2), Cursor::ZERO), 0)
@@ -762,7 +771,10 @@ mod tests {
         assert_eq!(changes.map(|c| c.inline_at), Ok(one(0, 3)));
         // Bytes 3..6 came by RDMA WRITE, 6..8 inline.
         let changes = conn.on_cdc(&msg(1, at(0, 8), Cursor::ZERO), 2);
-        assert_eq!(changes.map(|c| (c.readable, c.inline_at)), Ok((true, one(6, 2))));
+        assert_eq!(
+            changes.map(|c| (c.readable, c.inline_at)),
+            Ok((true, one(6, 2)))
+        );
         assert_eq!(conn.readable(), 8);
         // A cursor-only message places nothing.
         let changes = conn.on_cdc(&msg(2, at(0, 8), Cursor::ZERO), 0);
@@ -821,7 +833,10 @@ mod tests {
         assert_eq!(conn.next_cdc_inline(too_long), None);
         assert_eq!(conn, before);
         let first = conn.next_cdc_inline(too_long - 1);
-        assert_eq!(first.map(|m| (m.seq, m.prod)), Some((0, at(0, too_long - 1))));
+        assert_eq!(
+            first.map(|m| (m.seq, m.prod)),
+            Some((0, at(0, too_long - 1)))
+        );
         assert_eq!(conn.unannounced(), 0);
         // Only 300 - 211 = 89 bytes of window are left.
         assert_eq!(conn.next_cdc_inline(90), None);
