@@ -1354,9 +1354,10 @@ TEST_F(stream, accepted_socket_inherits_listener_options)
 	uint16_t port;
 
 	lfd = listen_b(_metadata, variant, true, 0, 0, false, &port);
-	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
 		ASSERT_EQ(0, set_int(lfd, SOL_SOCKET, ints[i].name, ints[i].val))
 			TH_LOG("option %d: %s", ints[i].name, strerror(errno));
+	}
 	ASSERT_EQ(0, setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &rcvtimeo, sizeof(rcvtimeo)));
 	ASSERT_EQ(0, setsockopt(lfd, SOL_SOCKET, SO_SNDTIMEO, &sndtimeo, sizeof(sndtimeo)));
 	ASSERT_EQ(0, setsockopt(lfd, SOL_SOCKET, SO_LINGER, &linger, sizeof(linger)));
