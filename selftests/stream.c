@@ -1323,9 +1323,8 @@ TEST_F_TIMEOUT(stream, tcp_client_to_smc_server, 90)
 /* ---------------------------------------------------------------------------------------- */
 /* 12. options                                                                                */
 
-#ifndef SO_BUSY_POLL_BUDGET
+#ifndef SO_PREFER_BUSY_POLL
 #define SO_PREFER_BUSY_POLL 69
-#define SO_BUSY_POLL_BUDGET 70
 #endif
 #ifndef SO_ZEROCOPY
 #define SO_ZEROCOPY 60
@@ -1334,7 +1333,8 @@ TEST_F_TIMEOUT(stream, tcp_client_to_smc_server, 90)
 /*
  * An accepted socket starts with its listener's socket options, as a TCP child does (a copy
  * of the listener, sk_clone_lock): timeouts, linger, keepalive, priority, mark, buffer sizes,
- * low-water mark, busy polling and zerocopy.
+ * low-water mark, busy polling and zerocopy. (SO_BUSY_POLL_BUDGET is inherited too, but
+ * cannot be read back.)
  */
 TEST_F(stream, accepted_socket_inherits_listener_options)
 {
@@ -1343,7 +1343,7 @@ TEST_F(stream, accepted_socket_inherits_listener_options)
 	} ints[] = {
 		{ SO_KEEPALIVE, 1 }, { SO_PRIORITY, 5 }, { SO_MARK, 42 }, { SO_RCVBUF, 65536 },
 		{ SO_SNDBUF, 131072 }, { SO_RCVLOWAT, 5 }, { SO_BUSY_POLL, 77 },
-		{ SO_PREFER_BUSY_POLL, 1 }, { SO_BUSY_POLL_BUDGET, 16 }, { SO_ZEROCOPY, 1 },
+		{ SO_PREFER_BUSY_POLL, 1 }, { SO_ZEROCOPY, 1 },
 	};
 	struct timeval rcvtimeo = { .tv_sec = 7, .tv_usec = 250000 }, sndtimeo = { .tv_sec = 3 };
 	struct linger linger = { .l_onoff = 1, .l_linger = 9 };
@@ -1365,16 +1365,22 @@ TEST_F(stream, accepted_socket_inherits_listener_options)
 	sfd = accept_within(_metadata, lfd, 0);
 	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
 		/* As the listener reports it (the buffer sizes come back doubled). */
-		ASSERT_EQ(0, get_int(lfd, SOL_SOCKET, ints[i].name, &want));
-		ASSERT_EQ(0, get_int(sfd, SOL_SOCKET, ints[i].name, &got));
+		ASSERT_EQ(0, get_int(lfd, SOL_SOCKET, ints[i].name, &want))
+			TH_LOG("option %d: %s", ints[i].name, strerror(errno));
+		ASSERT_EQ(0, get_int(sfd, SOL_SOCKET, ints[i].name, &got))
+			TH_LOG("option %d: %s", ints[i].name, strerror(errno));
 		EXPECT_EQ(want, got) TH_LOG("option %d", ints[i].name);
 	}
+	/* Timeouts come back rounded to jiffies. */
 	len = sizeof(tv);
+	ASSERT_EQ(0, getsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &rcvtimeo, &len));
 	ASSERT_EQ(0, getsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, &len));
 	EXPECT_EQ(rcvtimeo.tv_sec, tv.tv_sec);
 	EXPECT_EQ(rcvtimeo.tv_usec, tv.tv_usec);
+	ASSERT_EQ(0, getsockopt(lfd, SOL_SOCKET, SO_SNDTIMEO, &sndtimeo, &len));
 	ASSERT_EQ(0, getsockopt(sfd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len));
 	EXPECT_EQ(sndtimeo.tv_sec, tv.tv_sec);
+	EXPECT_EQ(sndtimeo.tv_usec, tv.tv_usec);
 	len = sizeof(l);
 	ASSERT_EQ(0, getsockopt(sfd, SOL_SOCKET, SO_LINGER, &l, &len));
 	EXPECT_EQ(1, l.l_onoff);
