@@ -8,8 +8,11 @@
 //! An RC queue pair places an RDMA WRITE before a SEND posted after it, so when the message
 //! arrives the bytes it announces are in the ring. SEND rather than WRITE_WITH_IMM: a cursor
 //! message carries a token, two cursors and flags (44 bytes, stock SMC's CDC format), more than
-//! the 32 bits of immediate data. The receiver reports its consumer cursor the same way when
-//! [`Conn::cons_update_due`] says so.
+//! the 32 bits of immediate data. A send of up to [`cdc::MAX_INLINE`] bytes skips the WRITE:
+//! its bytes ride in the cursor message, and the receiver copies them into its ring before it
+//! applies the cursor, halving the packets of a small message. Cursor messages are posted under
+//! the state lock, in sequence order, since the receiver drops one overtaken by a newer one. The
+//! receiver reports its consumer cursor the same way when [`Conn::cons_update_due`] says so.
 //!
 //! Flow control, cursors and shutdown flags are [`Conn`]'s (the pure core); this file moves
 //! bytes and turns its answers into work requests and wakeups.
