@@ -1410,6 +1410,17 @@ mod tests {
         }
     }
 
+    /// Checks, once both ends read everything, that each received the other's whole stream and
+    /// that each ring wrapped a hundred times or more.
+    fn check_streams_whole(a: &End, b: &End) {
+        assert_eq!(b.received, a.sent);
+        assert_eq!(a.received, b.sent);
+        assert_eq!(a.unread_bytes(), 0);
+        assert_eq!(b.unread_bytes(), 0);
+        assert!(a.sent > 100 * a.conn.peer_ring().get());
+        assert!(b.sent > 100 * b.conn.peer_ring().get());
+    }
+
     /// Two connections with small odd rings exchange byte streams both ways through random
     /// writes, reads and CDC messages, delayed, duplicated and reordered; checks every byte
     /// arrives once and in order and no write lands on unread bytes.
@@ -1485,13 +1496,7 @@ mod tests {
                 let len = b.conn.readable();
                 b.read(len);
             }
-            assert_eq!(b.received, a.sent);
-            assert_eq!(a.received, b.sent);
-            assert_eq!(a.unread_bytes(), 0);
-            assert_eq!(b.unread_bytes(), 0);
-            // Each ring wrapped a hundred times or more.
-            assert!(a.sent > 100 * b_ring.get());
-            assert!(b.sent > 100 * a_ring.get());
+            check_streams_whole(&a, &b);
             // Both sides' consumption is reported: full windows again.
             a.send(&mut b, &mut rng);
             b.send(&mut a, &mut rng);
@@ -1637,12 +1642,7 @@ mod tests {
             a.read(len);
             let len = b.conn.readable();
             b.read(len);
-            assert_eq!(b.received, a.sent);
-            assert_eq!(a.received, b.sent);
-            assert_eq!(a.unread_bytes(), 0);
-            assert_eq!(b.unread_bytes(), 0);
-            assert!(a.sent > 100 * b_ring.get());
-            assert!(b.sent > 100 * a_ring.get());
+            check_streams_whole(&a, &b);
         }
     }
 }
