@@ -362,7 +362,7 @@ pub(crate) fn device_for_ip(ip: [u8; 16]) -> Option<(Arc<Device>, RoceGid)> {
 
 /// Writes one line per device: `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n>
 /// completions <n> links <n> connections <n> dropped_cdc <n> softirq_polls <n>
-/// softirq_completions <n> busy_polls <n> busy_completions <n>`.
+/// softirq_completions <n> busy_polls <n> busy_completions <n> busy_yields <n>`.
 pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for device in DEVICES.lock().iter() {
         let poller = device.poller();
@@ -372,7 +372,7 @@ pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f,
             "{} napi_id {} polls {} netdev {} cq_events {} completions {} links {} \
              connections {} dropped_cdc {} softirq_polls {} softirq_completions {} \
-             busy_polls {} busy_completions {}",
+             busy_polls {} busy_completions {} busy_yields {}",
             device.name(),
             device.napi.id(),
             poller.polls(),
@@ -386,6 +386,7 @@ pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
             softirq.completions(),
             busy.polls(),
             busy.completions(),
+            poller.busy_yields(),
         )?;
     }
     Ok(())

@@ -82,6 +82,8 @@ pub(crate) struct Poller {
     /// Polls, and the completions they reaped, by softirq and by busy pollers.
     softirq: PollCounts,
     busy: PollCounts,
+    /// Busy polls that made their spinner yield the CPU to waiting tasks.
+    busy_yields: Atomic<u64>,
     /// Registered sinks by id (the top bits of their `wr_id`s). Taken in the NAPI poll and in
     /// process context, hence with IRQs (and so bottom halves) off.
     #[pin]
@@ -108,6 +110,7 @@ impl Poller {
                 events,
                 softirq: PollCounts::new(),
                 busy: PollCounts::new(),
+                busy_yields: Atomic::new(0),
                 sinks <- new_spinlock_irq!(KVec::new()),
             }? Error),
             GFP_KERNEL,
@@ -143,6 +146,11 @@ impl Poller {
     /// Polls and completions by busy pollers.
     pub(crate) fn busy_counts(&self) -> &PollCounts {
         &self.busy
+    }
+
+    /// How many busy polls made their spinner yield the CPU to tasks waiting for it.
+    pub(crate) fn busy_yields(&self) -> u64 {
+        self.busy_yields.load(Relaxed)
     }
 
     /// How many completion events the queue has signalled.
@@ -196,6 +204,9 @@ impl Poller {
 impl NapiPoll for Poller {
     fn poll(&self, napi: &mut NapiContext, budget: i32) -> i32 {
         let counts = if napi.in_busy_poll() {
+            if napi.yield_to_waiting_tasks() {
+                self.busy_yields.add(1, Relaxed);
+            }
             &self.busy
         } else {
             &self.softirq

@@ -9,8 +9,9 @@
  * polling preferred and the NAPI's interrupt deferral on (rsmc/napi_defer), rxe_a's debugfs
  * counters show the spinning thread reaping the completions and next to no completion events
  * (interrupts); with busy polling off, softirq polls reap them, each reply after an event.
- * Last, a thread spinning in recv for longer than the test waits sees rxe_a deleted under it
- * (and the test adds it back): recv fails with the connection's abort instead of spinning on.
+ * A thread spinning in recv for longer than the test waits sees rxe_a deleted under it (and
+ * the test adds it back): recv fails with the connection's abort instead of spinning on. And
+ * a spinning reader gives its CPU to a task that wakes on it.
  * IPv4 only: the NAPI paths are those of IPv6 too.
  */
 #include <errno.h>
@@ -19,6 +20,7 @@
 #include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -507,7 +509,9 @@ static void run_ping_pong(struct __test_metadata *_metadata, enum wait_mode mode
 	unsigned int defer_irqs = busy ? DEFER_HARD_IRQS : 0, got_irqs;
 	unsigned long long defer_ns = busy ? DEFER_TIMEOUT_NS : 0, got_ns;
 	long busy_poll = busy && mode == WAIT_POLL ? BUSY_USECS : 0, got_busy_poll;
+	cpu_set_t client_cpu, server_cpu, saved;
 	struct timespec deadline;
+	pthread_attr_t attr;
 	struct waiter w;
 	pthread_t t;
 	double t0, t1;
@@ -548,8 +552,25 @@ static void run_ping_pong(struct __test_metadata *_metadata, enum wait_mode mode
 	}
 	waiter_init(_metadata, &w, mode, cfd, busy);
 
+	/*
+	 * Busy polling wants a CPU of its own: the client spins on CPU 0, the echo server runs
+	 * on CPU 1. On a shared CPU every round trip would wait for the spinner to give way,
+	 * and io_uring's busy poll ends there (then sleeps until the deferral timer).
+	 */
+	ASSERT_LE(2, sysconf(_SC_NPROCESSORS_ONLN)) TH_LOG("the test needs two CPUs");
+	CPU_ZERO(&client_cpu);
+	CPU_SET(0, &client_cpu);
+	CPU_ZERO(&server_cpu);
+	CPU_SET(1, &server_cpu);
+	ASSERT_EQ(0, sched_getaffinity(0, sizeof(saved), &saved));
+	ASSERT_EQ(0, sched_setaffinity(0, sizeof(client_cpu), &client_cpu))
+		TH_LOG("sched_setaffinity: %s", strerror(errno));
+	ASSERT_EQ(0, pthread_attr_init(&attr));
+	ASSERT_EQ(0, pthread_attr_setaffinity_np(&attr, sizeof(server_cpu), &server_cpu));
+
 	e.fd = sfd;
-	ASSERT_EQ(0, pthread_create(&t, NULL, echo_server, &e));
+	ASSERT_EQ(0, pthread_create(&t, &attr, echo_server, &e));
+	ASSERT_EQ(0, pthread_attr_destroy(&attr));
 	/* Warm-up: the NAPI settles into its steady state (queue armed, or deferral timer). */
 	ping_pong(_metadata, &w, 0, WARMUP);
 	ASSERT_EQ(0, rsmc_device_stats(DEV_CLIENT, &before))
@@ -563,6 +584,7 @@ static void run_ping_pong(struct __test_metadata *_metadata, enum wait_mode mode
 	clock_gettime(CLOCK_REALTIME, &deadline);
 	deadline.tv_sec += EVENT_WAIT_MS / 1000;
 	ASSERT_EQ(0, pthread_timedjoin_np(t, NULL, &deadline)) TH_LOG("echo server still running");
+	ASSERT_EQ(0, sched_setaffinity(0, sizeof(saved), &saved));
 	EXPECT_EQ(0, e.err) TH_LOG("echo server: %s: %s", e.failed, strerror(e.err));
 	EXPECT_EQ(e.count, e.done);
 	EXPECT_EQ(before.napi_id, after.napi_id) TH_LOG("%s changed under the test", DEV_CLIENT);
@@ -600,7 +622,8 @@ TEST_F_TIMEOUT(busy, busy_poll_reaps_completions, 300)
 	/*
 	 * io_uring spins only inside its wait, which starts after its submission path; on the
 	 * debug kernel that path is long enough for most replies to come before it (as the
-	 * deferral timer's softirq polls). Its busy polls must still reap a share.
+	 * deferral timer's softirq polls). Its spin also ends, by design, as soon as another
+	 * task wants the CPU (a soft-RoCE kworker, often). Its busy polls must still reap a share.
 	 */
 	if (variant->mode == WAIT_URING)
 		want = ROUND_TRIPS / 10;
@@ -734,6 +757,73 @@ TEST_F_TIMEOUT(removal, spinner_survives_device_removal, 180)
 	TH_LOG("recv failed %.0f ms after the removal began: %s", s.end_ms - t_del,
 	       strerror(s.err));
 	EXPECT_EQ(-1, rsmc_device_napi_id(DEV_CLIENT)) TH_LOG("rsmc still lists %s", DEV_CLIENT);
+	EXPECT_EQ(0, close(cfd));
+	EXPECT_EQ(0, close(sfd));
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* busy_poller_yields_cpu                                                                     */
+
+/* How often, and for how long, the test thread naps while the reader spins on its CPU. */
+#define NAPS 20
+#define NAP_MS 2
+
+/*
+ * A busy poller spins with preemption off. A task woken on its CPU must not wait for the next
+ * tick (4 ms at HZ=250) to run: with soft-RoCE that task may be the kworker carrying the very
+ * packet the poller waits for. The reader and this thread share one CPU; the thread naps and
+ * wakes while the reader spins with no data to read, and rxe_a's busy_yields counter shows
+ * the spinner giving way.
+ */
+TEST(busy_poller_yields_cpu)
+{
+	struct spinner s = { .ret = -2 };
+	struct rsmc_device_stats s0, s1;
+	cpu_set_t one_cpu, saved;
+	double late_max = 0;
+	bool spun_through;
+	pthread_t t;
+	int cfd, sfd;
+	char c = 'y';
+
+	smc_pair(_metadata, &cfd, &sfd);
+	ASSERT_TRUE(expect_rdma(_metadata, "client", cfd));
+	ASSERT_EQ(0, set_int(cfd, SOL_SOCKET, SO_BUSY_POLL, SPIN_USECS))
+		TH_LOG("SO_BUSY_POLL %d: %s", SPIN_USECS, strerror(errno));
+	ASSERT_EQ(0, sched_getaffinity(0, sizeof(saved), &saved));
+	CPU_ZERO(&one_cpu);
+	CPU_SET(0, &one_cpu);
+	/* The reader inherits this thread's CPU. */
+	ASSERT_EQ(0, sched_setaffinity(0, sizeof(one_cpu), &one_cpu))
+		TH_LOG("sched_setaffinity: %s", strerror(errno));
+	ASSERT_EQ(0, rsmc_device_stats(DEV_CLIENT, &s0));
+
+	s.fd = cfd;
+	ASSERT_EQ(0, pthread_create(&t, NULL, spin_recv, &s));
+	for (int i = 0; i < NAPS; i++) {
+		double t0 = now_ms(), late;
+
+		msleep(NAP_MS);
+		late = now_ms() - t0 - NAP_MS;
+		if (late > late_max)
+			late_max = late;
+	}
+	ASSERT_EQ(0, rsmc_device_stats(DEV_CLIENT, &s1));
+	spun_through = !__atomic_load_n(&s.finished, __ATOMIC_ACQUIRE);
+	ASSERT_EQ(1, send(sfd, &c, 1, 0)) TH_LOG("send: %s", strerror(errno));
+	ASSERT_EQ(0, pthread_join(t, NULL));
+	ASSERT_EQ(0, sched_setaffinity(0, sizeof(saved), &saved));
+
+	EXPECT_TRUE(spun_through) TH_LOG("recv returned %zd (%s) with no data sent", s.ret,
+					 strerror(s.err));
+	EXPECT_EQ(1, s.ret) TH_LOG("recv: %s", strerror(s.err));
+	EXPECT_LT(s0.busy_polls, s1.busy_polls) TH_LOG("the reader does not busy-poll %s",
+						       DEV_CLIENT);
+	EXPECT_LT(s0.busy_yields, s1.busy_yields)
+		TH_LOG("the spinning reader never yielded its CPU to this thread");
+	TH_LOG("%llu busy polls yielded the CPU, of %llu; %d naps of %d ms woke up to %.1f ms late",
+	       s1.busy_yields - s0.busy_yields, s1.busy_polls - s0.busy_polls, NAPS, NAP_MS,
+	       late_max);
 	EXPECT_EQ(0, close(cfd));
 	EXPECT_EQ(0, close(sfd));
 }

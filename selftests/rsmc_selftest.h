@@ -78,6 +78,7 @@ struct rsmc_device_stats {
 	unsigned long long softirq_completions;
 	unsigned long long busy_polls;		/* polls by threads spinning in napi_busy_loop */
 	unsigned long long busy_completions;
+	unsigned long long busy_yields;		/* busy polls that yielded the CPU to waiting tasks */
 };
 
 /* The number after " @name " in @line, to *@val; returns whether it is there. */
@@ -121,7 +122,8 @@ static inline int rsmc_device_stats(const char *device, struct rsmc_device_stats
 		    rsmc_stats_field(line, "softirq_polls", &s->softirq_polls) &&
 		    rsmc_stats_field(line, "softirq_completions", &s->softirq_completions) &&
 		    rsmc_stats_field(line, "busy_polls", &s->busy_polls) &&
-		    rsmc_stats_field(line, "busy_completions", &s->busy_completions)) {
+		    rsmc_stats_field(line, "busy_completions", &s->busy_completions) &&
+		    rsmc_stats_field(line, "busy_yields", &s->busy_yields)) {
 			s->napi_id = napi_id;
 			ret = 0;
 		}

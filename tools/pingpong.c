@@ -476,6 +476,10 @@ static unsigned int napi_id_of(int fd)
 	return id;
 }
 
+/*
+ * Only the initial network namespace shows net.core.busy_poll (it is global): elsewhere it
+ * cannot be checked, and there is nothing to warn about.
+ */
 static void warn_poll_sysctl(void)
 {
 	FILE *f;
@@ -484,17 +488,15 @@ static void warn_poll_sysctl(void)
 	if (!cfg.busy || cfg.mode != MODE_POLL)
 		return;
 	f = fopen("/proc/sys/net/core/busy_poll", "r");
-	if (f) {
-		if (fscanf(f, "%ld", &v) != 1)
-			v = -1;
-		fclose(f);
-	}
+	if (!f)
+		return;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
 	if (v == 0)
 		err("warning: -b -m poll but net.core.busy_poll is 0: poll(2) "
 		    "will not busy poll; set it first, e.g. sysctl -w "
 		    "net.core.busy_poll=%u", cfg.busy_usec);
-	else if (v < 0)
-		err("warning: cannot read /proc/sys/net/core/busy_poll");
 }
 
 /* ---- waiting / I/O ---- */

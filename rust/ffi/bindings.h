@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* Everything rsmc's Rust code binds to; bindgen runs over this on every build. */
 #include <linux/debugfs.h>
+#include <linux/sched/stat.h>
 #include <linux/netdevice.h>
 #include <linux/net.h>
 #include <linux/socket.h>

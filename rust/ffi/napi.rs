@@ -69,6 +69,27 @@ impl NapiContext {
         unsafe { sys::rsmc_napi_in_busy_poll(self.napi) }
     }
 
+    /// Makes the busy poller running this poll yield the CPU, if other tasks wait for it.
+    ///
+    /// `napi_busy_loop` spins with preemption off and yields only when the current task must
+    /// reschedule now. A task woken on this CPU often sets only the lazy flag (lazy preemption,
+    /// or the spinner's protected slice), so it waits for the next tick, up to 4 ms at
+    /// HZ=250. That task may be the one that delivers what the spinner waits for: soft-RoCE
+    /// moves every packet in a kworker. KVM's halt polling stops on `!single_task_running()`
+    /// for the same reason. The busy poller reschedules, then spins on until its own end.
+    ///
+    /// Only for busy polls ([`NapiContext::in_busy_poll`]): the softirq does not spin.
+    pub(crate) fn yield_to_waiting_tasks(&self) -> bool {
+        // SAFETY: Reads this CPU's run queue length; callable in any context.
+        if unsafe { sys::single_task_running() } {
+            return false;
+        }
+        // SAFETY: Sets the current task's reschedule flags, with interrupts off; the task is
+        // a busy poller, whose loop reschedules at its next check.
+        unsafe { sys::rsmc_set_need_resched_current() };
+        true
+    }
+
     /// Schedules the NAPI again (e.g. for events missed while re-arming); a no-op while this
     /// poll still owns it, apart from marking it missed so that it is polled again.
     pub(crate) fn schedule(&self) {

@@ -424,6 +424,15 @@ bool rsmc_napi_in_busy_poll(const struct napi_struct *napi)
 	return test_bit(NAPI_STATE_IN_BUSY_POLL, &napi->state);
 }
 
+void rsmc_set_need_resched_current(void)
+{
+	unsigned long flags;
+
+	local_irq_save(flags);
+	set_need_resched_current();
+	local_irq_restore(flags);
+}
+
 void rsmc_napi_set_defer(struct napi_struct *napi, u32 defer_hard_irqs,
 			 unsigned long gro_flush_timeout)
 {

@@ -117,6 +117,7 @@ bool rsmc_sk_can_busy_loop(const struct sock *sk);
 bool rsmc_sk_busy_loop_timeout(struct sock *sk, unsigned long start_time);
 void rsmc_sk_busy_loop(struct sock *sk, bool (*loop_end)(void *, unsigned long), void *arg);
 bool rsmc_napi_in_busy_poll(const struct napi_struct *napi);
+void rsmc_set_need_resched_current(void);
 void rsmc_napi_set_defer(struct napi_struct *napi, u32 defer_hard_irqs,
 			 unsigned long gro_flush_timeout);
 
