@@ -14,13 +14,22 @@ size=${RSMC_DEMO_SIZE:-1}
 busy_usecs=${RSMC_DEMO_BUSY_USECS:-5000}
 results=$(mktemp)
 port=7100
+# Busy polling wants a CPU of its own: every client (rsmc, TCP, verbs, SMC-R alike) runs on
+# CPU 0 and every server on CPU 1, so neither spinner waits for the other to give way.
+on_client_cpu=(taskset -c 0)
+on_server_cpu=(taskset -c 1)
 
-# server FAMILY MODE [BUSY_ARGS...]: start a ping-pong server in rsmc_b on a fresh port.
+# server FAMILY MODE [BUSY_ARGS...]: start a ping-pong server in rsmc_b on a fresh port, and
+# wait (up to 10 s: the host may be loaded) until it listens.
 server() {
+	local i
 	port=$((port + 1))
-	ip netns exec rsmc_b "$pp" server -f "$1" -p "$port" -m "$2" "${@:3}" >/dev/null 2>&1 &
+	ip netns exec rsmc_b "${on_server_cpu[@]}" "$pp" server -f "$1" -p "$port" -m "$2" "${@:3}" >/dev/null 2>&1 &
 	server_pid=$!
-	sleep 0.5
+	for i in $(seq 100); do
+		ip netns exec rsmc_b ss -Hltn "sport = :$port" | grep -q . && return 0
+		sleep 0.1
+	done
 }
 
 # set_defer ON: rsmc's NAPI interrupt deferral on both devices, on (1) or off (0).
@@ -40,7 +49,7 @@ measure() {
 	# keeps completion interrupts off while they do.
 	set_defer "$busy"
 	server "$family" "$mode" "${busy_args[@]}"
-	if ip netns exec rsmc_a "$pp" client -a 192.0.2.2 -f "$family" -p "$port" -m "$mode" \
+	if ip netns exec rsmc_a "${on_client_cpu[@]}" "$pp" client -a 192.0.2.2 -f "$family" -p "$port" -m "$mode" \
 		-s "$size" -n "$iters" "${busy_args[@]}" --label "$label" >>"$results"; then :
 	else
 		echo "label=$label family=$family mode=$mode busy=$busy failed=1" >>"$results"
@@ -53,7 +62,7 @@ measure() {
 # (its mean), doubled here to a round trip.
 qperf_rtt() {
 	local out
-	out=$(ip netns exec rsmc_a qperf -cm1 --cq_poll "$1" -m "$size" -t 3 192.0.2.2 rc_lat 2>&1) || true
+	out=$(ip netns exec rsmc_a "${on_client_cpu[@]}" qperf -cm1 --cq_poll "$1" -m "$size" -t 3 192.0.2.2 rc_lat 2>&1) || true
 	awk -v mode="$2" '/latency/ {
 		v = $3; if ($4 == "ms") v *= 1000; if ($4 == "ns") v /= 1000
 		printf "label=verbs family=rc mode=%s busy=- p50_us=%.1f p99_us=- mean_us=%.1f napi_id=-\n", mode, 2 * v, 2 * v
@@ -72,7 +81,7 @@ sysctl -qw net.core.busy_poll=0
 measure tcp tcp recv 0
 measure tcp tcp epoll 0
 
-ip netns exec rsmc_b qperf >/dev/null 2>&1 &
+ip netns exec rsmc_b "${on_server_cpu[@]}" qperf >/dev/null 2>&1 &
 qperf_pid=$!
 sleep 0.5
 qperf_rtt 0 cq_wait
