@@ -15,7 +15,10 @@ use crate::{
         kernel_socket::{
             File, KernelSocket, MsgHdr, PollTable, SockAddr, SockAddrOut, SockPtr, UserPtr,
         },
-        sock::{FamilyRegistration, FamilyTables, Sock, SockRef, Socket, SocketFamily, SOL_SOCKET},
+        sock::{
+            FamilyRegistration, FamilyTables, Sock, SockRef, Socket, SocketFamily, SOL_SOCKET,
+            SO_RCVLOWAT,
+        },
     },
     listener::Listener,
     zerocopy::Zerocopy,
@@ -26,7 +29,7 @@ use kernel::{
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
-        Arc, SetOnce,
+        new_mutex, Arc, Mutex, SetOnce,
     },
     ModuleMetadata,
 };
@@ -94,8 +97,18 @@ impl Info {
     }
 }
 
+/// Who sets the internal TCP socket's `SO_RCVLOWAT`.
+enum RcvlowatOwner {
+    Application,
+    /// A connect's handshake, which reads with it at 1 (see
+    /// [`KernelSocket::wake_on_every_byte`]); the value the application set meanwhile, if
+    /// any, waits here for the handshake to end.
+    Handshake(Option<i32>),
+}
+
 /// How a socket carries its data once its handshake ended: shared with the work item that
 /// finishes a non-blocking connect.
+#[pin_data(PinnedDrop)]
 pub(crate) struct Transport {
     /// The RDMA connection, once the handshake set one up.
     rdma: SetOnce<Arc<Connection>>,
@@ -103,19 +116,68 @@ pub(crate) struct Transport {
     mode: Atomic<u32>,
     fallback_reason: Atomic<u32>,
     peer_decline_code: Atomic<u32>,
+    #[pin]
+    rcvlowat_owner: Mutex<RcvlowatOwner>,
+}
+
+/// A connect's hold on its TCP socket's `SO_RCVLOWAT`; dropping it hands the option back to
+/// the application, with the value it set meanwhile.
+pub(crate) struct RcvlowatHold {
+    transport: Arc<Transport>,
+    clc: Arc<KernelSocket>,
+}
+
+impl Drop for RcvlowatHold {
+    fn drop(&mut self) {
+        let mut owner = self.transport.rcvlowat_owner.lock();
+        if let RcvlowatOwner::Handshake(Some(lowat)) = *owner {
+            if let Err(err) = self.clc.set_rcvlowat(lowat) {
+                pr_warn!("SO_RCVLOWAT set during connect not applied: {err:?}\n");
+            }
+        }
+        *owner = RcvlowatOwner::Application;
+    }
 }
 
 impl Transport {
     fn new() -> Result<Arc<Self>> {
-        Ok(Arc::new(
-            Self {
+        Arc::pin_init(
+            try_pin_init!(Self {
                 rdma: SetOnce::new(),
                 mode: Atomic::new(MODE_NONE),
                 fallback_reason: Atomic::new(0),
                 peer_decline_code: Atomic::new(0),
-            },
+                rcvlowat_owner <- new_mutex!(RcvlowatOwner::Application),
+            }? Error),
             GFP_KERNEL,
-        )?)
+        )
+    }
+
+    /// Holds `clc`'s `SO_RCVLOWAT` for a connect's handshake: `None` if another connect holds
+    /// it already.
+    fn hold_rcvlowat(self: &Arc<Self>, clc: &Arc<KernelSocket>) -> Option<RcvlowatHold> {
+        let mut owner = self.rcvlowat_owner.lock();
+        if let RcvlowatOwner::Handshake(_) = *owner {
+            return None;
+        }
+        *owner = RcvlowatOwner::Handshake(None);
+        Some(RcvlowatHold {
+            transport: self.clone(),
+            clc: clc.clone(),
+        })
+    }
+
+    /// `setsockopt(SO_RCVLOWAT)` on `clc`, or, while a handshake holds it, once the handshake
+    /// ended: set now, it would make the handshake's reads wait for bytes that never come.
+    fn set_rcvlowat(&self, clc: &KernelSocket, val: SockPtr, len: u32) -> Result {
+        let mut owner = self.rcvlowat_owner.lock();
+        match &mut *owner {
+            RcvlowatOwner::Handshake(pending) => {
+                *pending = Some(val.read_i32(len)?);
+                Ok(())
+            }
+            RcvlowatOwner::Application => clc.setsockopt(SOL_SOCKET, SO_RCVLOWAT, val, len),
+        }
     }
 
     /// Records how the handshake over `clc` ended.
@@ -147,8 +209,9 @@ impl Transport {
     }
 }
 
-impl Drop for Transport {
-    fn drop(&mut self) {
+#[pinned_drop]
+impl PinnedDrop for Transport {
+    fn drop(self: Pin<&mut Self>) {
         // A connection whose socket is gone without `release` closing it (never accepted, or
         // set up by a connect the socket's close cut short) is aborted; after `release` this
         // finds the connection closed already.
@@ -333,13 +396,19 @@ impl SocketFamily for AfSmc {
             return state.clc.connect(addr, len, flags);
         }
         state.clc.set_syn_smc(true);
+        let rcvlowat_hold = state.transport.hold_rcvlowat(&state.clc);
         match state.clc.connect(addr, len, flags) {
             Ok(()) => {}
             // Non-blocking, or a blocking connect that ran out of SO_SNDTIMEO: the TCP
             // connect goes on, and the handshake after it, in the background.
             Err(err) if err == EINPROGRESS => {
                 let sk = ARef::from(&*sock.sk());
-                let connector = Connector::start(state.clc.clone(), sk, state.transport.clone())?;
+                let connector = Connector::start(
+                    state.clc.clone(),
+                    sk,
+                    state.transport.clone(),
+                    rcvlowat_hold,
+                )?;
                 if !state.connector.populate(connector.clone()) {
                     connector.cancel();
                     return Err(EALREADY);
@@ -353,6 +422,7 @@ impl SocketFamily for AfSmc {
             conn.set_socket(ARef::from(&*sock.sk()));
         }
         state.settle(outcome);
+        drop(rcvlowat_hold);
         Ok(())
     }
 
@@ -445,7 +515,11 @@ impl SocketFamily for AfSmc {
             // apply to this socket and to the TCP socket that carries its traffic.
             sock.set_socket_option(name, val, len)?;
         }
-        sock.state().clc.setsockopt(level, name, val, len)
+        let state = sock.state();
+        if level == SOL_SOCKET && name == SO_RCVLOWAT {
+            return state.transport.set_rcvlowat(&state.clc, val, len);
+        }
+        state.clc.setsockopt(level, name, val, len)
     }
 
     fn getsockopt(

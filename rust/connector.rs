@@ -9,7 +9,7 @@
 //! the socket on RDMA or fallen back when it wakes.
 
 use crate::{
-    af_smc::Transport,
+    af_smc::{RcvlowatHold, Transport},
     clc::{self, Outcome},
     ffi::{kernel_socket::KernelSocket, sock::Sock, workqueue},
 };
@@ -18,7 +18,7 @@ use kernel::{
     sync::{
         aref::ARef,
         atomic::{Acquire, Atomic, Relaxed, Release},
-        Arc,
+        new_mutex, Arc, Mutex,
     },
     workqueue::{impl_has_work, new_work, Work, WorkItem},
 };
@@ -33,6 +33,9 @@ pub(crate) struct Connector {
     done: Atomic<bool>,
     /// The socket was closed: a handshake not started yet is not worth starting.
     cancelled: Atomic<bool>,
+    /// Released when the handshake ended.
+    #[pin]
+    rcvlowat_hold: Mutex<Option<RcvlowatHold>>,
     #[pin]
     work: Work<Connector>,
 }
@@ -43,11 +46,12 @@ impl_has_work! {
 
 impl Connector {
     /// Finishes in the background the connect `clc` has started for `sk`, settling
-    /// `transport`.
+    /// `transport`, and then lets `rcvlowat_hold` go.
     pub(crate) fn start(
         clc: Arc<KernelSocket>,
         sk: ARef<Sock>,
         transport: Arc<Transport>,
+        rcvlowat_hold: Option<RcvlowatHold>,
     ) -> Result<Arc<Self>> {
         let connector = Arc::pin_init(
             try_pin_init!(Self {
@@ -56,6 +60,7 @@ impl Connector {
                 transport,
                 done: Atomic::new(false),
                 cancelled: Atomic::new(false),
+                rcvlowat_hold <- new_mutex!(rcvlowat_hold),
                 work <- new_work!("Connector::work"),
             }? Error),
             GFP_KERNEL,
@@ -96,6 +101,7 @@ impl Connector {
             Err(err) if err == EAGAIN => self.sk.set_error(EPIPE),
             Err(err) => self.sk.set_error(err),
         }
+        drop(self.rcvlowat_hold.lock().take());
         self.done.store(true, Release);
         // Pollers waiting for EPOLLOUT, and `connect` callers waiting for the result.
         self.sk.state_change();

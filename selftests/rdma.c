@@ -1072,6 +1072,50 @@ TEST_F(rdma, so_rcvlowat)
 	EXPECT_EQ(0, close(lfd));
 }
 
+/*
+ * SO_RCVLOWAT set while a non-blocking connect still handshakes takes effect once the connect
+ * is done: the handshake does not read under it. Set it over and over until then, so that
+ * some of the calls land while the handshake reads.
+ */
+TEST_F(rdma, so_rcvlowat_during_nonblocking_connect)
+{
+	const struct topo *v = variant->topo;
+	int lfd, cfd, sfd, ret, lowat = LOWAT, got_lowat = 0, sets = 0;
+	struct pollfd pfd = { .events = POLLOUT };
+	socklen_t len = sizeof(got_lowat);
+	static uint8_t out[1000];
+	uint16_t port;
+	double start;
+
+	lfd = listen_in(_metadata, v, NS_SERVER, v->addr_b, true, &port);
+	cfd = socket_in(_metadata, v, NS_CLIENT, true, SOCK_NONBLOCK);
+	start = now_ms();
+	ret = connect_to(v, cfd, v->addr_b, port);
+	if (ret)
+		ASSERT_EQ(EINPROGRESS, errno) TH_LOG("connect: %s", strerror(errno));
+	pfd.fd = cfd;
+	do {
+		ASSERT_EQ(0, setsockopt(cfd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)));
+		sets++;
+		ret = poll(&pfd, 1, 1);
+	} while (ret == 0 && now_ms() - start < EVENT_WAIT_MS);
+	EXPECT_EQ(1, ret) TH_LOG("not connected after %d SO_RCVLOWAT sets", sets);
+	EXPECT_GT(HANDSHAKE_MAX_MS, now_ms() - start) TH_LOG("connect took %.0f ms, %d sets",
+							      now_ms() - start, sets);
+	expect_mode(_metadata, "client", cfd, RSMC_MODE_RDMA, 0, 0, NULL);
+	ASSERT_EQ(0, getsockopt(cfd, SOL_SOCKET, SO_RCVLOWAT, &got_lowat, &len));
+	EXPECT_EQ(LOWAT, got_lowat);
+	sfd = accept_within(_metadata, lfd, 0);
+
+	/* It took effect on the data path too. */
+	ASSERT_EQ((ssize_t)sizeof(out), write_all(sfd, out, sizeof(out)));
+	pfd = (struct pollfd){ .fd = cfd, .events = POLLIN };
+	EXPECT_EQ(0, poll(&pfd, 1, 300)) TH_LOG("readable below SO_RCVLOWAT: 0x%x", pfd.revents);
+	EXPECT_EQ(0, close(cfd));
+	EXPECT_EQ(0, close(sfd));
+	EXPECT_EQ(0, close(lfd));
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* abort                                                                                      */
 

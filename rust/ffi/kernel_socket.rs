@@ -2,7 +2,10 @@
 
 //! In-kernel sockets (`sock_create_kern`), and the C arguments socket calls pass through.
 
-use super::sys;
+use super::{
+    sock::{SOL_SOCKET, SO_RCVLOWAT},
+    sys,
+};
 use core::{marker::PhantomData, mem::size_of};
 use kernel::sync::{
     atomic::{Atomic, Relaxed},
@@ -24,12 +27,10 @@ pub(crate) struct RcvlowatLifted<'a> {
 
 impl Drop for RcvlowatLifted<'_> {
     fn drop(&mut self) {
-        if self.sock.rcvlowat() == 1 {
-            // CAST: Read from the `int` field.
-            let saved = self.saved as c_int;
-            // SAFETY: `sk` is valid.
-            unsafe { sys::rsmc_sk_set_rcvlowat(self.sock.sk(), saved) };
-        }
+        // CAST: Read from the `int` field.
+        let saved = self.saved as c_int;
+        // SAFETY: `sk` is valid.
+        unsafe { sys::rsmc_sk_set_rcvlowat(self.sock.sk(), saved) };
     }
 }
 
@@ -394,8 +395,26 @@ impl KernelSocket {
         usize::try_from(lowat).unwrap_or(1).max(1)
     }
 
-    /// Sets `SO_RCVLOWAT` to 1 until the guard drops, which restores it unless it was set
-    /// again meanwhile.
+    /// Sets `SO_RCVLOWAT` as `setsockopt(2)` would (TCP caps it and may grow the receive
+    /// buffer to fit).
+    pub(crate) fn set_rcvlowat(&self, lowat: i32) -> Result {
+        // CAST: 4.
+        let len = size_of::<i32>() as u32;
+        // SAFETY: The socket is valid; the option value is a kernel `int` that outlives the
+        // call and is only read.
+        to_result(unsafe {
+            sys::sock_setsockopt(
+                self.0,
+                SOL_SOCKET,
+                SO_RCVLOWAT,
+                sys::rsmc_kernel_sockptr((&raw const lowat).cast_mut().cast()),
+                len,
+            )
+        })
+    }
+
+    /// Sets `SO_RCVLOWAT` to 1 until the guard drops, which restores it. The application
+    /// cannot set it meanwhile: see `Transport::set_rcvlowat`.
     ///
     /// TCP wakes a reader only once `SO_RCVLOWAT` bytes are in: a handshake message shorter
     /// than what the application asked for would wait out its timeout.

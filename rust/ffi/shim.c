@@ -107,6 +107,11 @@ sockptr_t rsmc_user_sockptr(void __user *ptr)
 	return USER_SOCKPTR(ptr);
 }
 
+sockptr_t rsmc_kernel_sockptr(void *ptr)
+{
+	return KERNEL_SOCKPTR(ptr);
+}
+
 void rsmc_dev_put(struct net_device *dev)
 {
 	dev_put(dev);

@@ -45,6 +45,7 @@ void rsmc_netif_napi_del(struct napi_struct *napi);
 void rsmc_sock_set_custom_sockopt(struct socket *sock);
 void rsmc_dev_put(struct net_device *dev);
 sockptr_t rsmc_user_sockptr(void __user *ptr);
+sockptr_t rsmc_kernel_sockptr(void *ptr);
 int rsmc_copy_safe_from_sockptr(void *dst, size_t ksize, sockptr_t optval, size_t optlen);
 struct workqueue_struct *rsmc_alloc_workqueue(const char *name, unsigned int flags);
 

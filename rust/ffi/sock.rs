@@ -30,6 +30,8 @@ use kernel::{
 
 /// `SOL_SOCKET`.
 pub(crate) const SOL_SOCKET: i32 = 1;
+/// `SO_RCVLOWAT`.
+pub(crate) const SO_RCVLOWAT: i32 = 18;
 
 /// Where a family's Rust state `S` lives in each socket's allocation: right after the
 /// `struct sock`, whose size comes from C (bindgen's `struct sock` is not trusted, see
