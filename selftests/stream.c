@@ -1333,7 +1333,7 @@ TEST_F_TIMEOUT(stream, tcp_client_to_smc_server, 90)
 /*
  * An accepted socket starts with its listener's socket options, as a TCP child does (a copy
  * of the listener, sk_clone_lock): timeouts, linger, keepalive, priority, mark, buffer sizes,
- * low-water mark, busy polling and zerocopy. (SO_BUSY_POLL_BUDGET is inherited too, but
+ * low-water mark, busy polling, zerocopy and address reuse. (SO_BUSY_POLL_BUDGET is inherited too, but
  * cannot be read back.)
  */
 TEST_F(stream, accepted_socket_inherits_listener_options)
@@ -1343,7 +1343,8 @@ TEST_F(stream, accepted_socket_inherits_listener_options)
 	} ints[] = {
 		{ SO_KEEPALIVE, 1 }, { SO_PRIORITY, 5 }, { SO_MARK, 42 }, { SO_RCVBUF, 65536 },
 		{ SO_SNDBUF, 131072 }, { SO_RCVLOWAT, 5 }, { SO_BUSY_POLL, 77 },
-		{ SO_PREFER_BUSY_POLL, 1 }, { SO_ZEROCOPY, 1 },
+		{ SO_PREFER_BUSY_POLL, 1 }, { SO_ZEROCOPY, 1 }, { SO_REUSEADDR, 1 },
+		{ SO_REUSEPORT, 1 },
 	};
 	struct timeval rcvtimeo = { .tv_sec = 7, .tv_usec = 250000 }, sndtimeo = { .tv_sec = 3 };
 	struct linger linger = { .l_onoff = 1, .l_linger = 9 };

@@ -546,7 +546,7 @@ void rsmc_sk_set_reuseport(struct sock *sk, bool on)
  * sock), for an accepted socket before anyone else sees it; the flags are net/smc's
  * SK_FLAGS_CLC_TO_SMC and SOCK_ZEROCOPY.
  */
-void rsmc_sk_inherit_options(struct sock *nsk, const struct sock *osk)
+void rsmc_sk_inherit_options(struct sock *nsk, struct sock *osk)
 {
 	const unsigned long flags = BIT(SOCK_URGINLINE) | BIT(SOCK_KEEPOPEN) | BIT(SOCK_LINGER) |
 		BIT(SOCK_BROADCAST) | BIT(SOCK_TIMESTAMP) | BIT(SOCK_DBG) | BIT(SOCK_RCVTSTAMP) |
@@ -573,4 +573,9 @@ void rsmc_sk_inherit_options(struct sock *nsk, const struct sock *osk)
 	nsk->sk_prefer_busy_poll = READ_ONCE(osk->sk_prefer_busy_poll);
 	nsk->sk_busy_poll_budget = READ_ONCE(osk->sk_busy_poll_budget);
 #endif
+	/* Bitfields, which sk_setsockopt writes under the socket lock. */
+	lock_sock(osk);
+	nsk->sk_reuse = osk->sk_reuse;
+	nsk->sk_reuseport = osk->sk_reuseport;
+	release_sock(osk);
 }

@@ -31,7 +31,7 @@ void rsmc_sk_set_err(struct sock *sk, int err);
 u16 rsmc_sk_protocol(const struct sock *sk);
 void rsmc_sk_set_protocol(struct sock *sk, u16 protocol);
 void rsmc_sk_set_reuseport(struct sock *sk, bool on);
-void rsmc_sk_inherit_options(struct sock *nsk, const struct sock *osk);
+void rsmc_sk_inherit_options(struct sock *nsk, struct sock *osk);
 unsigned int rsmc_napi_id(const struct napi_struct *napi);
 size_t rsmc_sizeof_sock(void);
 void rsmc_netif_napi_add(struct net_device *dev, struct napi_struct *napi,
