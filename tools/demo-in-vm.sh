@@ -3,11 +3,18 @@
 # (client) and rsmc_b (server) over rsmc with busy polling off and on, in each wait mode,
 # next to TCP over the same veth, raw verbs (qperf rc_lat, waiting on / polling the CQ) over
 # the same rxe pair, and stock Linux SMC-R (smc.ko, SMC-Rv2). One run, so ratios are fair.
+#
+# The host's load drifts over a run (steal time under TCG), and where rxe's kworkers land, so
+# which spinner must give way to them, varies from one connection to the next: every path is
+# measured in each of a few interleaved rounds, on fresh connections, and the table shows the
+# median of its rounds.
 set -euo pipefail
 cd "$(dirname "$0")"
 pp=$PWD/out/pingpong
 iters=${RSMC_DEMO_ITERS:-2000}
 size=${RSMC_DEMO_SIZE:-1}
+rounds=${RSMC_DEMO_ROUNDS:-3}
+round_iters=$(((iters + rounds - 1) / rounds))
 # Spin for longer than nearly every round trip: ~50 µs on hardware, but about a millisecond
 # under TCG, with a tail of several. A spinner that gives up first sleeps until the NAPI's
 # deferral timer polls (0.5 ms): 1000 µs here doubled the busy-poll p50.
@@ -50,7 +57,7 @@ measure() {
 	set_defer "$busy"
 	server "$family" "$mode" "${busy_args[@]}"
 	if ip netns exec rsmc_a "${on_client_cpu[@]}" "$pp" client -a 192.0.2.2 -f "$family" -p "$port" -m "$mode" \
-		-s "$size" -n "$iters" "${busy_args[@]}" --label "$label" >>"$results"; then :
+		-s "$size" -n "$round_iters" "${busy_args[@]}" --label "$label" >>"$results"; then :
 	else
 		echo "label=$label family=$family mode=$mode busy=$busy failed=1" >>"$results"
 	fi
@@ -69,56 +76,84 @@ qperf_rtt() {
 	}' <<<"$out" >>"$results"
 }
 
-# recv busy-polls with SO_BUSY_POLL, epoll with EPIOCSPARAMS, io_uring with registered NAPI
-# (all set by pingpong -b); poll/select can only use the global sysctl.
-for mode in recv epoll poll io_uring; do
-	for busy in 0 1; do
-		[ "$mode" = poll ] && sysctl -qw net.core.busy_poll=$((busy * busy_usecs))
-		measure rsmc smc "$mode" "$busy"
-	done
-done
-sysctl -qw net.core.busy_poll=0
-measure tcp tcp recv 0
-measure tcp tcp epoll 0
+# Stock SMC-R owns AF_SMC only while rsmc is unloaded.
+measure_smc_r() {
+	if rmmod rsmc && insmod "$RSMC_KDIR/net/smc/smc.ko" && out/smc_ueid RSMC-DEMO; then
+		measure smc-r smc recv 0
+		measure smc-r smc epoll 0
+	else
+		echo "label=smc-r family=smc mode=recv busy=0 failed=1" >>"$results"
+	fi
+	rmmod smc 2>/dev/null || true
+	[ -d /sys/module/rsmc ] || insmod "$RSMC_MODULE"
+}
 
 ip netns exec rsmc_b "${on_server_cpu[@]}" qperf >/dev/null 2>&1 &
 qperf_pid=$!
 sleep 0.5
-qperf_rtt 0 cq_wait
-qperf_rtt 1 cq_poll
+for round in $(seq "$rounds"); do
+	# recv busy-polls with SO_BUSY_POLL, epoll with EPIOCSPARAMS, io_uring with registered
+	# NAPI (all set by pingpong -b); poll/select can only use the global sysctl.
+	for mode in recv epoll poll io_uring; do
+		for busy in 0 1; do
+			[ "$mode" = poll ] && sysctl -qw net.core.busy_poll=$((busy * busy_usecs))
+			measure rsmc smc "$mode" "$busy"
+		done
+	done
+	sysctl -qw net.core.busy_poll=0
+	measure tcp tcp recv 0
+	measure tcp tcp epoll 0
+	qperf_rtt 0 cq_wait
+	qperf_rtt 1 cq_poll
+	measure_smc_r
+done
 kill "$qperf_pid" 2>/dev/null || true
 
-# Stock SMC-R owns AF_SMC only while rsmc is unloaded.
-if rmmod rsmc && insmod "$RSMC_KDIR/net/smc/smc.ko" && out/smc_ueid RSMC-DEMO; then
-	measure smc-r smc recv 0
-	measure smc-r smc epoll 0
-	rmmod smc
-	insmod "$RSMC_MODULE"
-else
-	echo "label=smc-r failed=1" >>"$results"
-fi
-
 echo
-echo "$size-byte ping-pong round-trip time, $iters iterations each, one VM run (TCG: compare ratios)"
-printf '%-6s %-10s %-5s %9s %9s %9s %8s\n' path mode busy p50_us p99_us mean_us napi_id
-awk '{
-	delete f
-	for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-	if (f["failed"]) { printf "%-6s %-10s %-5s %9s\n", f["label"], f["mode"], f["busy"], "FAILED"; next }
-	printf "%-6s %-10s %-5s %9s %9s %9s %8s\n", f["label"], f["mode"], f["busy"], f["p50_us"], f["p99_us"], f["mean_us"], f["napi_id"]
-}' "$results"
-
-echo
-echo "busy-poll p50 as a fraction of: rsmc without busy polling, stock SMC-R (same mode, else"
-echo "recv), raw verbs polling the CQ"
-printf '%-10s %9s %9s %9s\n' mode rsmc_off smc-r verbs
-awk '{
-	delete f
-	for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-	if (!f["failed"]) p50[f["label"] " " f["mode"] " " f["busy"]] = f["p50_us"]
+echo "$size-byte ping-pong round-trip time, one VM run (TCG: compare ratios): the median of"
+echo "$rounds interleaved rounds of $round_iters round trips each; p50_range: the rounds' p50s"
+awk '
+function sorted(key, what, c,    i, j, x) {
+	for (i = 1; i <= c; i++) v[i] = val[key, what, i] + 0
+	for (i = 2; i <= c; i++) {
+		x = v[i]
+		for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]
+		v[j + 1] = x
+	}
+}
+function median(key, what, c) {
+	if (val[key, what, 1] == "-") return "-"
+	sorted(key, what, c)
+	return sprintf("%.1f", (c % 2) ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2)
 }
 function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
+{
+	delete f
+	for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+	key = f["label"] " " f["mode"] " " f["busy"]
+	if (!(key in count)) { count[key] = 0; order[++n] = key }
+	if (f["failed"]) next
+	c = ++count[key]
+	val[key, "p50", c] = f["p50_us"]; val[key, "p99", c] = f["p99_us"]
+	val[key, "mean", c] = f["mean_us"]
+}
 END {
+	printf "%-6s %-10s %-5s %9s %9s %9s  %s\n", "path", "mode", "busy", "p50_us", "p99_us",
+		"mean_us", "p50_range"
+	for (i = 1; i <= n; i++) {
+		key = order[i]; c = count[key]; split(key, k, " ")
+		if (!c) { printf "%-6s %-10s %-5s %9s\n", k[1], k[2], k[3], "FAILED"; continue }
+		p50[key] = median(key, "p50", c)
+		range = sprintf("%.0f-%.0f", v[1], v[c])
+		p99 = median(key, "p99", c)
+		mean = median(key, "mean", c)
+		printf "%-6s %-10s %-5s %9s %9s %9s  %s\n", k[1], k[2], k[3], p50[key], p99, mean,
+			range
+	}
+	print ""
+	print "busy-poll p50 as a fraction of: rsmc without busy polling, stock SMC-R (same mode,"
+	print "else recv), raw verbs polling the CQ"
+	printf "%-10s %9s %9s %9s\n", "mode", "rsmc_off", "smc-r", "verbs"
 	split("recv epoll poll io_uring", modes, " ")
 	for (i = 1; i <= 4; i++) {
 		m = modes[i]; busy = p50["rsmc " m " 1"]
