@@ -56,7 +56,10 @@ measure() {
 	# keeps completion interrupts off while they do.
 	set_defer "$busy"
 	server "$family" "$mode" "${busy_args[@]}"
-	if ip netns exec rsmc_a "${on_client_cpu[@]}" "$pp" client -a 192.0.2.2 -f "$family" -p "$port" -m "$mode" \
+	# `ip netns exec` mounts a /sys of its own, without the debugfs where pingpong finds rsmc's
+	# NAPI counters.
+	if ip netns exec rsmc_a sh -c 'mount -t debugfs none /sys/kernel/debug 2>/dev/null; exec "$@"' sh \
+		"${on_client_cpu[@]}" "$pp" client -a 192.0.2.2 -f "$family" -p "$port" -m "$mode" \
 		-s "$size" -n "$round_iters" "${busy_args[@]}" --label "$label" >>"$results"; then :
 	else
 		echo "label=$label family=$family mode=$mode busy=$busy failed=1" >>"$results"
@@ -111,7 +114,9 @@ kill "$qperf_pid" 2>/dev/null || true
 
 echo
 echo "$size-byte ping-pong round-trip time, one VM run (TCG: compare ratios): the median of"
-echo "$rounds interleaved rounds of $round_iters round trips each; p50_range: the rounds' p50s"
+echo "$rounds interleaved rounds of $round_iters round trips each; p50_range: the rounds' p50s;"
+echo "on rsmc, cq/rt: completion queue events (interrupts) per round trip, busy%: the share of"
+echo "the client's completions that busy polling reaped"
 awk '
 function sorted(key, what, c,    i, j, x) {
 	for (i = 1; i <= c; i++) v[i] = val[key, what, i] + 0
@@ -121,10 +126,10 @@ function sorted(key, what, c,    i, j, x) {
 		v[j + 1] = x
 	}
 }
-function median(key, what, c) {
+function median(key, what, c, format) {
 	if (val[key, what, 1] == "-") return "-"
 	sorted(key, what, c)
-	return sprintf("%.1f", (c % 2) ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2)
+	return sprintf(format, (c % 2) ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2)
 }
 function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
 {
@@ -136,19 +141,23 @@ function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
 	c = ++count[key]
 	val[key, "p50", c] = f["p50_us"]; val[key, "p99", c] = f["p99_us"]
 	val[key, "mean", c] = f["mean_us"]
+	reaped = f["busy_completions"] + f["softirq_completions"]
+	val[key, "irq", c] = (f["cq_events"] == "") ? "-" : f["cq_events"] / f["iters"]
+	val[key, "busy", c] = (f["cq_events"] == "" || !reaped) ? "-" : \
+		100 * f["busy_completions"] / reaped
 }
 END {
-	printf "%-6s %-10s %-5s %9s %9s %9s  %s\n", "path", "mode", "busy", "p50_us", "p99_us",
-		"mean_us", "p50_range"
+	printf "%-6s %-10s %-5s %9s %9s %9s %-10s %6s %5s\n", "path", "mode", "busy", "p50_us",
+		"p99_us", "mean_us", " p50_range", "cq/rt", "busy%"
 	for (i = 1; i <= n; i++) {
 		key = order[i]; c = count[key]; split(key, k, " ")
 		if (!c) { printf "%-6s %-10s %-5s %9s\n", k[1], k[2], k[3], "FAILED"; continue }
-		p50[key] = median(key, "p50", c)
+		p50[key] = median(key, "p50", c, "%.1f")
 		range = sprintf("%.0f-%.0f", v[1], v[c])
-		p99 = median(key, "p99", c)
-		mean = median(key, "mean", c)
-		printf "%-6s %-10s %-5s %9s %9s %9s  %s\n", k[1], k[2], k[3], p50[key], p99, mean,
-			range
+		p99 = median(key, "p99", c, "%.1f")
+		mean = median(key, "mean", c, "%.1f")
+		printf "%-6s %-10s %-5s %9s %9s %9s  %-9s %6s %5s\n", k[1], k[2], k[3], p50[key], p99,
+			mean, range, median(key, "irq", c, "%.2f"), median(key, "busy", c, "%.0f")
 	}
 	print ""
 	print "busy-poll p50 as a fraction of: rsmc without busy polling, stock SMC-R (same mode,"

@@ -64,6 +64,10 @@
  * RTTs are measured per round trip with clock_gettime(CLOCK_MONOTONIC).
  * napi_id is getsockopt(SO_INCOMING_NAPI_ID) on the client socket after the
  * run (0 if none or unsupported). budget=0 means "not set".
+ * On an rsmc socket, where rsmc's debugfs file is readable, the line ends with
+ * the NAPI counters of the client's device over the timed round trips:
+ *   cq_events=.. softirq_polls=.. softirq_completions=.. busy_polls=..
+ *   busy_completions=.. busy_yields=..
  *
  * Exit codes: 0 ok, 1 error, 2 echoed data mismatch.
  */
@@ -98,6 +102,14 @@
 #ifndef SO_BUSY_POLL
 #define SO_BUSY_POLL 46
 #endif
+/* rsmc's per-device NAPI counters (debugfs), and the ones the client reports. */
+#define RSMC_DEVICES "/sys/kernel/debug/rsmc/devices"
+static const char *const counter_names[] = {
+	"cq_events", "softirq_polls", "softirq_completions", "busy_polls", "busy_completions",
+	"busy_yields",
+};
+#define N_COUNTERS (sizeof(counter_names) / sizeof(counter_names[0]))
+
 #ifndef SO_INCOMING_NAPI_ID
 #define SO_INCOMING_NAPI_ID 56
 #endif
@@ -240,6 +252,9 @@ static void __attribute__((noreturn)) usage(int code)
 "  min_us=X napi_id=ID max_us=X p90_us=X p999_us=X busy_usec=U prefer=0|1\n"
 "  budget=N warmup=W\n"
 "napi_id = SO_INCOMING_NAPI_ID of the client socket after the run (0 = none).\n"
+"On rsmc, with " RSMC_DEVICES " readable, then the client device's NAPI\n"
+"counters over the timed round trips: cq_events=N softirq_polls=N\n"
+"  softirq_completions=N busy_polls=N busy_completions=N busy_yields=N\n"
 "Protocol: client sends a big-endian u32 SIZE header, then SIZE-byte messages\n"
 "that the server echoes. The server handles one connection at a time, forever.\n"
 "Exit codes: 0 ok, 1 error, 2 echoed data mismatch.\n",
@@ -464,6 +479,46 @@ static int setup_conn_socket(int fd)
 			return -1;
 	}
 	return 0;
+}
+
+/*
+ * Reads the counters of the rsmc device whose NAPI is @napi_id from RSMC_DEVICES (a line per
+ * device: its name, then "key value" pairs) into @c, in counter_names order. Returns 0, or -1
+ * if there is no such device: not an rsmc socket, or rsmc's debugfs not mounted here.
+ */
+static int read_counters(unsigned int napi_id, unsigned long long *c)
+{
+	const unsigned int all = (1u << N_COUNTERS) - 1;
+	char line[1024];
+	int ret = -1;
+	FILE *f;
+
+	if (!napi_id)
+		return -1;
+	f = fopen(RSMC_DEVICES, "r");
+	if (!f)
+		return -1;
+	while (ret && fgets(line, sizeof(line), f)) {
+		unsigned long long id = 0;
+		unsigned int seen = 0;
+		char *save, *key, *val;
+
+		strtok_r(line, " \n", &save);
+		while ((key = strtok_r(NULL, " \n", &save)) && (val = strtok_r(NULL, " \n", &save))) {
+			if (!strcmp(key, "napi_id"))
+				id = strtoull(val, NULL, 10);
+			for (unsigned int i = 0; i < N_COUNTERS; i++) {
+				if (!strcmp(key, counter_names[i])) {
+					c[i] = strtoull(val, NULL, 10);
+					seen |= 1u << i;
+				}
+			}
+		}
+		if (id == napi_id && seen == all)
+			ret = 0;
+	}
+	fclose(f);
+	return ret;
 }
 
 static unsigned int napi_id_of(int fd)
@@ -944,7 +999,8 @@ static int run_client(void)
 	uint64_t *rtt, sum = 0;
 	uint32_t hdr;
 	long total = cfg.warmup + cfg.iters;
-	int fd, r;
+	unsigned long long before[N_COUNTERS], after[N_COUNTERS];
+	int fd, r, have_counters = 0;
 	char a[80];
 
 	if (cfg.timeout) {
@@ -987,6 +1043,8 @@ static int run_client(void)
 		uint64_t t0, t1;
 		size_t got;
 
+		if (i == cfg.warmup)
+			have_counters = !read_counters(napi_id_of(fd), before);
 		fill_pattern(sbuf, cfg.size, (uint64_t)i);
 		t0 = now_ns();
 		r = send_full(fd, sbuf, cfg.size);
@@ -1021,6 +1079,8 @@ static int run_client(void)
 
 	unsigned int napi_id = napi_id_of(fd);
 
+	have_counters = have_counters && !read_counters(napi_id, after);
+
 	waiter_detach(&w);
 	close(fd);
 	if (w.have_ring)
@@ -1032,7 +1092,7 @@ static int run_client(void)
 	printf(" family=%s mode=%s busy=%d size=%u iters=%ld "
 	       "p50_us=%.2f p99_us=%.2f mean_us=%.2f min_us=%.2f napi_id=%u "
 	       "max_us=%.2f p90_us=%.2f p999_us=%.2f busy_usec=%u prefer=%d "
-	       "budget=%d warmup=%ld\n",
+	       "budget=%d warmup=%ld",
 	       family_names[cfg.family],
 	       mode_names[cfg.mode], cfg.busy, cfg.size, cfg.iters,
 	       pct_us(rtt, cfg.iters, 0.50), pct_us(rtt, cfg.iters, 0.99),
@@ -1040,6 +1100,9 @@ static int run_client(void)
 	       rtt[cfg.iters - 1] / 1000.0, pct_us(rtt, cfg.iters, 0.90),
 	       pct_us(rtt, cfg.iters, 0.999), cfg.busy ? cfg.busy_usec : 0,
 	       cfg.prefer, cfg.budget, cfg.warmup);
+	for (unsigned int i = 0; have_counters && i < N_COUNTERS; i++)
+		printf(" %s=%llu", counter_names[i], after[i] - before[i]);
+	putchar('\n');
 	fflush(stdout);
 	free(rtt);
 	return 0;
