@@ -1333,8 +1333,8 @@ TEST_F_TIMEOUT(stream, tcp_client_to_smc_server, 90)
 /*
  * An accepted socket starts with its listener's socket options, as a TCP child does (a copy
  * of the listener, sk_clone_lock): timeouts, linger, keepalive, priority, mark, buffer sizes,
- * low-water mark, busy polling, zerocopy and address reuse. (SO_BUSY_POLL_BUDGET is inherited too, but
- * cannot be read back.)
+ * low-water mark, busy polling, zerocopy and address reuse. (SO_BUSY_POLL_BUDGET is inherited
+ * too, but cannot be read back.)
  */
 TEST_F(stream, accepted_socket_inherits_listener_options)
 {

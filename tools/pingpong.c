@@ -93,6 +93,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include "rsmc_devices.h"
 
 /* ---- UAPI fallbacks (system headers are older than the target kernel) ---- */
 
@@ -102,14 +103,6 @@
 #ifndef SO_BUSY_POLL
 #define SO_BUSY_POLL 46
 #endif
-/* rsmc's per-device NAPI counters (debugfs), and the ones the client reports. */
-#define RSMC_DEVICES "/sys/kernel/debug/rsmc/devices"
-static const char *const counter_names[] = {
-	"cq_events", "softirq_polls", "softirq_completions", "busy_polls", "busy_completions",
-	"busy_yields",
-};
-#define N_COUNTERS (sizeof(counter_names) / sizeof(counter_names[0]))
-
 #ifndef SO_INCOMING_NAPI_ID
 #define SO_INCOMING_NAPI_ID 56
 #endif
@@ -252,7 +245,7 @@ static void __attribute__((noreturn)) usage(int code)
 "  min_us=X napi_id=ID max_us=X p90_us=X p999_us=X busy_usec=U prefer=0|1\n"
 "  budget=N warmup=W\n"
 "napi_id = SO_INCOMING_NAPI_ID of the client socket after the run (0 = none).\n"
-"On rsmc, with " RSMC_DEVICES " readable, then the client device's NAPI\n"
+"On rsmc, with " RSMC_DEVICES_FILE " readable, then the client device's NAPI\n"
 "counters over the timed round trips: cq_events=N softirq_polls=N\n"
 "  softirq_completions=N busy_polls=N busy_completions=N busy_yields=N\n"
 "Protocol: client sends a big-endian u32 SIZE header, then SIZE-byte messages\n"
@@ -479,46 +472,6 @@ static int setup_conn_socket(int fd)
 			return -1;
 	}
 	return 0;
-}
-
-/*
- * Reads the counters of the rsmc device whose NAPI is @napi_id from RSMC_DEVICES (a line per
- * device: its name, then "key value" pairs) into @c, in counter_names order. Returns 0, or -1
- * if there is no such device: not an rsmc socket, or rsmc's debugfs not mounted here.
- */
-static int read_counters(unsigned int napi_id, unsigned long long *c)
-{
-	const unsigned int all = (1u << N_COUNTERS) - 1;
-	char line[1024];
-	int ret = -1;
-	FILE *f;
-
-	if (!napi_id)
-		return -1;
-	f = fopen(RSMC_DEVICES, "r");
-	if (!f)
-		return -1;
-	while (ret && fgets(line, sizeof(line), f)) {
-		unsigned long long id = 0;
-		unsigned int seen = 0;
-		char *save, *key, *val;
-
-		strtok_r(line, " \n", &save);
-		while ((key = strtok_r(NULL, " \n", &save)) && (val = strtok_r(NULL, " \n", &save))) {
-			if (!strcmp(key, "napi_id"))
-				id = strtoull(val, NULL, 10);
-			for (unsigned int i = 0; i < N_COUNTERS; i++) {
-				if (!strcmp(key, counter_names[i])) {
-					c[i] = strtoull(val, NULL, 10);
-					seen |= 1u << i;
-				}
-			}
-		}
-		if (id == napi_id && seen == all)
-			ret = 0;
-	}
-	fclose(f);
-	return ret;
 }
 
 static unsigned int napi_id_of(int fd)
@@ -999,7 +952,7 @@ static int run_client(void)
 	uint64_t *rtt, sum = 0;
 	uint32_t hdr;
 	long total = cfg.warmup + cfg.iters;
-	unsigned long long before[N_COUNTERS], after[N_COUNTERS];
+	struct rsmc_device_stats before, after;
 	int fd, r, have_counters = 0;
 	char a[80];
 
@@ -1044,7 +997,7 @@ static int run_client(void)
 		size_t got;
 
 		if (i == cfg.warmup)
-			have_counters = !read_counters(napi_id_of(fd), before);
+			have_counters = !rsmc_device_find(NULL, napi_id_of(fd), &before);
 		fill_pattern(sbuf, cfg.size, (uint64_t)i);
 		t0 = now_ns();
 		r = send_full(fd, sbuf, cfg.size);
@@ -1079,7 +1032,7 @@ static int run_client(void)
 
 	unsigned int napi_id = napi_id_of(fd);
 
-	have_counters = have_counters && !read_counters(napi_id, after);
+	have_counters = have_counters && !rsmc_device_find(NULL, napi_id, &after);
 
 	waiter_detach(&w);
 	close(fd);
@@ -1100,8 +1053,15 @@ static int run_client(void)
 	       rtt[cfg.iters - 1] / 1000.0, pct_us(rtt, cfg.iters, 0.90),
 	       pct_us(rtt, cfg.iters, 0.999), cfg.busy ? cfg.busy_usec : 0,
 	       cfg.prefer, cfg.budget, cfg.warmup);
-	for (unsigned int i = 0; have_counters && i < N_COUNTERS; i++)
-		printf(" %s=%llu", counter_names[i], after[i] - before[i]);
+	if (have_counters)
+		printf(" cq_events=%llu softirq_polls=%llu softirq_completions=%llu busy_polls=%llu "
+		       "busy_completions=%llu busy_yields=%llu",
+		       after.cq_events - before.cq_events,
+		       after.softirq_polls - before.softirq_polls,
+		       after.softirq_completions - before.softirq_completions,
+		       after.busy_polls - before.busy_polls,
+		       after.busy_completions - before.busy_completions,
+		       after.busy_yields - before.busy_yields);
 	putchar('\n');
 	fflush(stdout);
 	free(rtt);
