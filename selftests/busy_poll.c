@@ -5,13 +5,13 @@
  * lists them), so that the kernel's busy-poll paths spin on the NAPI that reaps the device's
  * completions. A 64-byte ping-pong (client in rsmc_a, plain blocking echo server in rsmc_b)
  * runs in each way of waiting for the reply: recv (SO_BUSY_POLL), epoll (EPIOCSPARAMS), poll
- * (net.core.busy_poll with SO_BUSY_POLL) and io_uring (IORING_REGISTER_NAPI). With busy
- * polling preferred and the NAPI's interrupt deferral on (rsmc/napi_defer), rxe_a's debugfs
- * counters show the spinning thread reaping the completions and next to no completion events
- * (interrupts); with busy polling off, softirq polls reap them, each reply after an event.
- * A thread spinning in recv for longer than the test waits sees rxe_a deleted under it (and
- * the test adds it back): recv fails with the connection's abort instead of spinning on. And
- * a spinning reader gives its CPU to a task that wakes on it.
+ * (net.core.busy_poll with SO_BUSY_POLL) and io_uring (IORING_REGISTER_NAPI, polled in the wait
+ * or by an SQPOLL thread). With busy polling preferred and the NAPI's interrupt deferral on
+ * (rsmc/napi_defer), rxe_a's debugfs counters show the spinning thread reaping the completions
+ * and next to no completion events (interrupts); with busy polling off, softirq polls reap
+ * them, each reply after an event. A thread spinning in recv for longer than the test waits
+ * sees rxe_a deleted under it (and the test adds it back): recv fails with the connection's
+ * abort instead of spinning on. And a spinning reader gives its CPU to a task that wakes on it.
  * IPv4 only: the NAPI paths are those of IPv6 too.
  */
 #include <errno.h>
@@ -241,18 +241,29 @@ TEST(napi_id_on_both_ends)
 
 enum wait_mode { WAIT_RECV, WAIT_EPOLL, WAIT_POLL, WAIT_URING };
 
-static const char *const wait_name[] = { "recv", "epoll", "poll", "io_uring" };
+/* The client spins on CPU 0, the echo server runs on CPU 1. */
+#define CLIENT_CPU 0
+#define SERVER_CPU 1
 
 FIXTURE(busy) {};
 
 FIXTURE_VARIANT(busy) {
+	const char *name;
 	enum wait_mode mode;
+	/*
+	 * WAIT_URING: the ring's SQPOLL thread, on the client's CPU, submits the receives and
+	 * busy polls in its loop; the client sleeps in its wait.
+	 */
+	bool sqpoll;
 };
 
-FIXTURE_VARIANT_ADD(busy, recv) { .mode = WAIT_RECV };
-FIXTURE_VARIANT_ADD(busy, epoll) { .mode = WAIT_EPOLL };
-FIXTURE_VARIANT_ADD(busy, poll) { .mode = WAIT_POLL };
-FIXTURE_VARIANT_ADD(busy, io_uring) { .mode = WAIT_URING };
+FIXTURE_VARIANT_ADD(busy, recv) { .name = "recv", .mode = WAIT_RECV };
+FIXTURE_VARIANT_ADD(busy, epoll) { .name = "epoll", .mode = WAIT_EPOLL };
+FIXTURE_VARIANT_ADD(busy, poll) { .name = "poll", .mode = WAIT_POLL };
+FIXTURE_VARIANT_ADD(busy, io_uring) { .name = "io_uring", .mode = WAIT_URING };
+FIXTURE_VARIANT_ADD(busy, io_uring_sqpoll) {
+	.name = "io_uring+sqpoll", .mode = WAIT_URING, .sqpoll = true,
+};
 
 /* Puts the knobs the tests turn back as they were: returns NULL, or what failed. */
 static const char *restore_knobs(void)
@@ -293,6 +304,7 @@ FIXTURE_TEARDOWN_PARENT(busy)
 
 /* How the client waits for its replies. */
 struct waiter {
+	const char *name;
 	enum wait_mode mode;
 	int fd;
 	int epfd;		/* WAIT_EPOLL */
@@ -300,10 +312,13 @@ struct waiter {
 	struct io_uring ring;
 };
 
-static void waiter_init(struct __test_metadata *_metadata, struct waiter *w, enum wait_mode mode,
-			int fd, bool busy)
+static void waiter_init(struct __test_metadata *_metadata, struct waiter *w,
+			const FIXTURE_VARIANT(busy) *variant, int fd, bool busy)
 {
+	enum wait_mode mode = variant->mode;
+
 	memset(w, 0, sizeof(*w));
+	w->name = variant->name;
 	w->mode = mode;
 	w->fd = fd;
 	w->epfd = -1;
@@ -330,7 +345,15 @@ static void waiter_init(struct __test_metadata *_metadata, struct waiter *w, enu
 		ASSERT_EQ(0, epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev))
 			TH_LOG("epoll_ctl: %s", strerror(errno));
 	} else if (mode == WAIT_URING) {
-		int ret = io_uring_queue_init(8, &w->ring, 0);
+		struct io_uring_params params = { 0 };
+		int ret;
+
+		if (variant->sqpoll) {
+			params.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SQ_AFF;
+			params.sq_thread_cpu = CLIENT_CPU;
+			params.sq_thread_idle = 1000;
+		}
+		ret = io_uring_queue_init_params(8, &w->ring, &params);
 
 		ASSERT_EQ(0, ret) TH_LOG("io_uring_queue_init: %s", strerror(-ret));
 		w->have_ring = true;
@@ -478,7 +501,7 @@ static void ping_pong(struct __test_metadata *_metadata, struct waiter *w, unsig
 			ssize_t n = waiter_recv(w, back + got, sizeof(back) - got);
 
 			ASSERT_LT(0, n) TH_LOG("round trip %u: %s after %zu of %d bytes: %s", i,
-					       wait_name[w->mode], got, MSG_LEN,
+					       w->name, got, MSG_LEN,
 					       n ? strerror(-n) : "EOF");
 			got += n;
 		}
@@ -497,13 +520,14 @@ struct deltas {
 };
 
 /*
- * The ping-pong of the busy and softirq tests, in @mode: a client in rsmc_a that busy-polls
+ * The ping-pong of the busy and softirq tests, @variant's way: a client in rsmc_a that busy-polls
  * (@busy) or not, against a blocking echo server in rsmc_b that never does. Returns the
  * counters of rxe_a over the ROUND_TRIPS counted round trips, and logs them.
  */
-static void run_ping_pong(struct __test_metadata *_metadata, enum wait_mode mode, bool busy,
-			  struct deltas *d)
+static void run_ping_pong(struct __test_metadata *_metadata,
+			  const FIXTURE_VARIANT(busy) *variant, bool busy, struct deltas *d)
 {
+	enum wait_mode mode = variant->mode;
 	struct rsmc_device_stats before, after;
 	struct echo e = { .count = WARMUP + ROUND_TRIPS };
 	unsigned int defer_irqs = busy ? DEFER_HARD_IRQS : 0, got_irqs;
@@ -550,7 +574,7 @@ static void run_ping_pong(struct __test_metadata *_metadata, enum wait_mode mode
 		ASSERT_EQ(0, set_int(cfd, SOL_SOCKET, SO_BUSY_POLL_BUDGET, BUSY_BUDGET))
 			TH_LOG("SO_BUSY_POLL_BUDGET: %s", strerror(errno));
 	}
-	waiter_init(_metadata, &w, mode, cfd, busy);
+	waiter_init(_metadata, &w, variant, cfd, busy);
 
 	/*
 	 * Busy polling wants a CPU of its own: the client spins on CPU 0, the echo server runs
@@ -559,9 +583,9 @@ static void run_ping_pong(struct __test_metadata *_metadata, enum wait_mode mode
 	 */
 	ASSERT_LE(2, sysconf(_SC_NPROCESSORS_ONLN)) TH_LOG("the test needs two CPUs");
 	CPU_ZERO(&client_cpu);
-	CPU_SET(0, &client_cpu);
+	CPU_SET(CLIENT_CPU, &client_cpu);
 	CPU_ZERO(&server_cpu);
-	CPU_SET(1, &server_cpu);
+	CPU_SET(SERVER_CPU, &server_cpu);
 	ASSERT_EQ(0, sched_getaffinity(0, sizeof(saved), &saved));
 	ASSERT_EQ(0, sched_setaffinity(0, sizeof(client_cpu), &client_cpu))
 		TH_LOG("sched_setaffinity: %s", strerror(errno));
@@ -598,7 +622,7 @@ static void run_ping_pong(struct __test_metadata *_metadata, enum wait_mode mode
 	TH_LOG("%s, busy polling %s: %d round trips of %d bytes in %.0f ms (%.1f us each); %s: "
 	       "cq_events %llu (%.2f/msg), completions %llu (%.2f/msg): softirq %llu polls "
 	       "%llu completions (%.2f/msg), busy %llu polls %llu completions (%.2f/msg)",
-	       wait_name[mode], busy ? "on" : "off", ROUND_TRIPS, MSG_LEN, t1 - t0,
+	       variant->name, busy ? "on" : "off", ROUND_TRIPS, MSG_LEN, t1 - t0,
 	       (t1 - t0) * 1e3 / ROUND_TRIPS, DEV_CLIENT, d->cq_events,
 	       (double)d->cq_events / ROUND_TRIPS, d->completions,
 	       (double)d->completions / ROUND_TRIPS, d->softirq_polls, d->softirq_completions,
@@ -620,20 +644,21 @@ TEST_F_TIMEOUT(busy, busy_poll_reaps_completions, 300)
 	struct deltas d;
 
 	/*
-	 * io_uring spins only inside its wait, which starts after its submission path; on the
-	 * debug kernel that path is long enough for most replies to come before it (as the
-	 * deferral timer's softirq polls). Its spin also ends, by design, as soon as another
-	 * task wants the CPU (a soft-RoCE kworker, often). Its busy polls must still reap a share.
+	 * io_uring's wait spins only after its submission path; on the debug kernel that path is
+	 * long enough for most replies to come before it (as the deferral timer's softirq
+	 * polls). Its spin also ends, by design, as soon as another task wants the CPU (a
+	 * soft-RoCE kworker, often). Its busy polls must still reap a share. An SQPOLL thread
+	 * polls all along, and goes on polling after it gave way.
 	 */
-	if (variant->mode == WAIT_URING)
+	if (variant->mode == WAIT_URING && !variant->sqpoll)
 		want = ROUND_TRIPS / 10;
-	run_ping_pong(_metadata, variant->mode, true, &d);
+	run_ping_pong(_metadata, variant, true, &d);
 	EXPECT_LE(want, d.busy_completions)
 		TH_LOG("%s: busy polling reaped %llu of %llu completions in %d round trips",
-		       wait_name[variant->mode], d.busy_completions, d.completions, ROUND_TRIPS);
+		       variant->name, d.busy_completions, d.completions, ROUND_TRIPS);
 	EXPECT_GE(ROUND_TRIPS / 10ULL, d.cq_events)
 		TH_LOG("%s: %llu completion events in %d round trips while busy polling",
-		       wait_name[variant->mode], d.cq_events, ROUND_TRIPS);
+		       variant->name, d.cq_events, ROUND_TRIPS);
 }
 
 /* Without busy polling, softirq polls reap everything, and each reply comes with an event. */
@@ -641,16 +666,16 @@ TEST_F_TIMEOUT(busy, softirq_without_busy_poll, 300)
 {
 	struct deltas d;
 
-	run_ping_pong(_metadata, variant->mode, false, &d);
+	run_ping_pong(_metadata, variant, false, &d);
 	EXPECT_EQ(0ULL, d.busy_polls) TH_LOG("%s: busy polls without busy polling",
-					  wait_name[variant->mode]);
+					  variant->name);
 	EXPECT_EQ(0ULL, d.busy_completions);
 	EXPECT_LE((unsigned long long)ROUND_TRIPS, d.softirq_completions)
 		TH_LOG("%s: softirq reaped %llu completions in %d round trips",
-		       wait_name[variant->mode], d.softirq_completions, ROUND_TRIPS);
+		       variant->name, d.softirq_completions, ROUND_TRIPS);
 	EXPECT_LE(ROUND_TRIPS / 2ULL, d.cq_events)
 		TH_LOG("%s: %llu completion events in %d round trips without busy polling",
-		       wait_name[variant->mode], d.cq_events, ROUND_TRIPS);
+		       variant->name, d.cq_events, ROUND_TRIPS);
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -48,10 +48,12 @@ set_defer() {
 	done
 }
 
-# measure LABEL FAMILY MODE BUSY: one client run against a fresh server; appends a result line.
+# measure LABEL FAMILY MODE BUSY [ARGS...]: one client run against a fresh server, both given
+# ARGS; appends a result line.
 measure() {
-	local label=$1 family=$2 mode=$3 busy=$4 busy_args=()
-	[ "$busy" = 1 ] && busy_args=(-b -B "$busy_usecs" --prefer)
+	local label=$1 family=$2 mode=$3 busy=$4 busy_args=("${@:5}") sqpoll=0
+	[ "$busy" = 1 ] && busy_args+=(-b -B "$busy_usecs" --prefer)
+	[[ " ${*:5} " == *" --sqpoll "* ]] && sqpoll=1
 	# Both ends spin, as qperf --cq_poll 1 does; with prefer, the NAPIs' interrupt deferral
 	# keeps completion interrupts off while they do.
 	set_defer "$busy"
@@ -62,7 +64,7 @@ measure() {
 		"${on_client_cpu[@]}" "$pp" client -a 192.0.2.2 -f "$family" -p "$port" -m "$mode" \
 		-s "$size" -n "$round_iters" "${busy_args[@]}" --label "$label" >>"$results"; then :
 	else
-		echo "label=$label family=$family mode=$mode busy=$busy failed=1" >>"$results"
+		echo "label=$label family=$family mode=$mode busy=$busy sqpoll=$sqpoll failed=1" >>"$results"
 	fi
 	kill "$server_pid" 2>/dev/null || true
 	wait "$server_pid" 2>/dev/null || true
@@ -103,6 +105,10 @@ for round in $(seq "$rounds"); do
 			measure rsmc smc "$mode" "$busy"
 		done
 	done
+	# io_uring's wait ends its spin whenever a soft-RoCE kworker needs the CPU, and then
+	# sleeps; an SQPOLL thread that busy polls gives way and spins on. Without busy polling,
+	# that thread would only compete for the CPU, so it is measured with busy polling only.
+	measure rsmc smc io_uring 1 --sqpoll
 	sysctl -qw net.core.busy_poll=0
 	measure tcp tcp recv 0
 	measure tcp tcp epoll 0
@@ -135,6 +141,7 @@ function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
 {
 	delete f
 	for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+	if (f["sqpoll"] == 1) f["mode"] = f["mode"] "+sqpoll"
 	key = f["label"] " " f["mode"] " " f["busy"]
 	if (!(key in count)) { count[key] = 0; order[++n] = key }
 	if (f["failed"]) next
@@ -147,27 +154,27 @@ function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
 		100 * f["busy_completions"] / reaped
 }
 END {
-	printf "%-6s %-10s %-5s %9s %9s %9s %-10s %6s %5s\n", "path", "mode", "busy", "p50_us",
+	printf "%-6s %-15s %-5s %9s %9s %9s %-10s %6s %5s\n", "path", "mode", "busy", "p50_us",
 		"p99_us", "mean_us", " p50_range", "cq/rt", "busy%"
 	for (i = 1; i <= n; i++) {
 		key = order[i]; c = count[key]; split(key, k, " ")
-		if (!c) { printf "%-6s %-10s %-5s %9s\n", k[1], k[2], k[3], "FAILED"; continue }
+		if (!c) { printf "%-6s %-15s %-5s %9s\n", k[1], k[2], k[3], "FAILED"; continue }
 		p50[key] = median(key, "p50", c, "%.1f")
 		range = sprintf("%.0f-%.0f", v[1], v[c])
 		p99 = median(key, "p99", c, "%.1f")
 		mean = median(key, "mean", c, "%.1f")
-		printf "%-6s %-10s %-5s %9s %9s %9s  %-9s %6s %5s\n", k[1], k[2], k[3], p50[key], p99,
+		printf "%-6s %-15s %-5s %9s %9s %9s  %-9s %6s %5s\n", k[1], k[2], k[3], p50[key], p99,
 			mean, range, median(key, "irq", c, "%.2f"), median(key, "busy", c, "%.0f")
 	}
 	print ""
-	print "busy-poll p50 as a fraction of: rsmc without busy polling, stock SMC-R (same mode,"
-	print "else recv), raw verbs polling the CQ"
-	printf "%-10s %9s %9s %9s\n", "mode", "rsmc_off", "smc-r", "verbs"
-	split("recv epoll poll io_uring", modes, " ")
-	for (i = 1; i <= 4; i++) {
-		m = modes[i]; busy = p50["rsmc " m " 1"]
+	print "busy-poll p50 as a fraction of: rsmc without busy polling (for io_uring+sqpoll: plain"
+	print "io_uring without), stock SMC-R (same mode, else recv), raw verbs polling the CQ"
+	printf "%-15s %9s %9s %9s\n", "mode", "rsmc_off", "smc-r", "verbs"
+	split("recv epoll poll io_uring io_uring+sqpoll", modes, " ")
+	for (i = 1; i <= 5; i++) {
+		m = modes[i]; busy = p50["rsmc " m " 1"]; off = m; sub(/\+sqpoll$/, "", off)
 		smcr = p50["smc-r " m " 0"]; if (smcr == "") smcr = p50["smc-r recv 0"]
-		printf "%-10s %9s %9s %9s\n", m, ratio(busy, p50["rsmc " m " 0"]), ratio(busy, smcr),
+		printf "%-15s %9s %9s %9s\n", m, ratio(busy, p50["rsmc " off " 0"]), ratio(busy, smcr),
 			ratio(busy, p50["verbs cq_poll -"])
 	}
 }' "$results"

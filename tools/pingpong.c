@@ -6,10 +6,11 @@
  *
  * Usage:
  *   pingpong server [-a BINDADDR] [-f smc|smc6|tcp|tcp6] [-p PORT] [-m MODE]
- *                   [-b] [-B USEC] [--prefer] [--budget N] [--nodelay|--no-nodelay]
+ *                   [-b] [-B USEC] [--prefer] [--budget N] [--sqpoll]
+ *                   [--nodelay|--no-nodelay]
  *   pingpong client -a ADDR [-f smc|smc6|tcp|tcp6] [-p PORT] [-s SIZE]
  *                   [-n ITERS] [-w WARMUP] [-m MODE] [-b] [-B USEC]
- *                   [--prefer] [--budget N] [--label TEXT]
+ *                   [--prefer] [--budget N] [--sqpoll] [--label TEXT]
  *                   [--nodelay|--no-nodelay] [--timeout SEC]
  *
  *   -f FAMILY  smc  = socket(AF_SMC, SOCK_STREAM, 0), IPv4 address (default)
@@ -41,6 +42,12 @@
  *   --prefer   setsockopt(SO_PREFER_BUSY_POLL, 1) (and prefer flag for
  *              epoll/io_uring); implies -b
  *   --budget N setsockopt(SO_BUSY_POLL_BUDGET, N) and epoll budget; implies -b
+ *   --sqpoll   io_uring only: the ring gets an SQPOLL thread, pinned to the first CPU
+ *              the process may run on. It submits the receives and, with -b, busy
+ *              polls the registered NAPIs in its loop, while the process sleeps in
+ *              its wait. A wait that polls (no --sqpoll) ends its spin as soon as
+ *              another task needs the CPU, and then sleeps until something else
+ *              reaps the completion; the SQPOLL thread gives way and spins on.
  *   -s SIZE    message size in bytes, 1..16384 (default 1)
  *   -n ITERS   timed round trips (default 10000)
  *   -w WARMUP  untimed warm-up round trips (default 1000)
@@ -60,7 +67,7 @@
  * Client output (one line on stdout, key=value, space separated):
  *   label=L family=F mode=M busy=0|1 size=S iters=N p50_us=.. p99_us=..
  *   mean_us=.. min_us=.. napi_id=ID max_us=.. p90_us=.. p999_us=..
- *   busy_usec=USEC prefer=0|1 budget=N warmup=W
+ *   busy_usec=USEC prefer=0|1 budget=N warmup=W sqpoll=0|1
  * RTTs are measured per round trip with clock_gettime(CLOCK_MONOTONIC).
  * napi_id is getsockopt(SO_INCOMING_NAPI_ID) on the client socket after the
  * run (0 if none or unsupported). budget=0 means "not set".
@@ -81,6 +88,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -166,6 +174,7 @@ struct cfg {
 	unsigned int busy_usec;
 	int prefer;
 	int budget; /* 0 = not set */
+	int sqpoll;
 	int nodelay;
 	unsigned int size;
 	long iters;
@@ -207,10 +216,12 @@ static void __attribute__((noreturn)) usage(int code)
 	fprintf(f,
 "Usage:\n"
 "  %1$s server [-a BINDADDR] [-f smc|smc6|tcp|tcp6] [-p PORT] [-m MODE]\n"
-"                   [-b] [-B USEC] [--prefer] [--budget N] [--no-nodelay]\n"
+"                   [-b] [-B USEC] [--prefer] [--budget N] [--sqpoll]\n"
+"                   [--no-nodelay]\n"
 "  %1$s client -a ADDR [-f smc|smc6|tcp|tcp6] [-p PORT] [-s SIZE] [-n ITERS]\n"
 "                   [-w WARMUP] [-m MODE] [-b] [-B USEC] [--prefer] [--budget N]\n"
-"                   [--label TEXT] [--nodelay|--no-nodelay] [--timeout SEC]\n"
+"                   [--sqpoll] [--label TEXT] [--nodelay|--no-nodelay]\n"
+"                   [--timeout SEC]\n"
 "\n"
 "  -f FAMILY   smc  AF_SMC proto 0, IPv4 address (default)\n"
 "              smc6 AF_SMC proto 1, IPv6 address\n"
@@ -231,6 +242,8 @@ static void __attribute__((noreturn)) usage(int code)
 "  -B USEC     busy poll usecs (default 50); implies -b\n"
 "  --prefer    SO_PREFER_BUSY_POLL=1 (+ epoll/io_uring prefer flag); implies -b\n"
 "  --budget N  SO_BUSY_POLL_BUDGET=N (+ epoll budget); implies -b\n"
+"  --sqpoll    io_uring: an SQPOLL ring; its thread, on our first CPU, submits\n"
+"              and (with -b) busy polls the NAPIs while we sleep in the wait\n"
 "  -s SIZE     message size 1..%3$d bytes (default 1)\n"
 "  -n ITERS    timed round trips (default 10000)\n"
 "  -w WARMUP   untimed warm-up round trips (default 1000)\n"
@@ -243,7 +256,7 @@ static void __attribute__((noreturn)) usage(int code)
 "The client prints one line:\n"
 "  label=L family=F mode=M busy=0|1 size=S iters=N p50_us=X p99_us=X mean_us=X\n"
 "  min_us=X napi_id=ID max_us=X p90_us=X p999_us=X busy_usec=U prefer=0|1\n"
-"  budget=N warmup=W\n"
+"  budget=N warmup=W sqpoll=0|1\n"
 "napi_id = SO_INCOMING_NAPI_ID of the client socket after the run (0 = none).\n"
 "On rsmc, with " RSMC_DEVICES_FILE " readable, then the client device's NAPI\n"
 "counters over the timed round trips: cq_events=N softirq_polls=N\n"
@@ -281,7 +294,7 @@ static int lookup(const char *s, const char *const *names, int n)
 static void parse_args(int argc, char **argv)
 {
 	enum { O_PREFER = 256, O_BUDGET, O_LABEL, O_NODELAY, O_NO_NODELAY,
-	       O_TIMEOUT };
+	       O_TIMEOUT, O_SQPOLL };
 	static const struct option longopts[] = {
 		{ "addr", required_argument, NULL, 'a' },
 		{ "family", required_argument, NULL, 'f' },
@@ -294,6 +307,7 @@ static void parse_args(int argc, char **argv)
 		{ "busy-usec", required_argument, NULL, 'B' },
 		{ "prefer", no_argument, NULL, O_PREFER },
 		{ "budget", required_argument, NULL, O_BUDGET },
+		{ "sqpoll", no_argument, NULL, O_SQPOLL },
 		{ "label", required_argument, NULL, O_LABEL },
 		{ "nodelay", no_argument, NULL, O_NODELAY },
 		{ "no-nodelay", no_argument, NULL, O_NO_NODELAY },
@@ -367,6 +381,9 @@ static void parse_args(int argc, char **argv)
 			cfg.budget = parse_num("--budget", optarg, 1, 65535);
 			cfg.busy = 1;
 			break;
+		case O_SQPOLL:
+			cfg.sqpoll = 1;
+			break;
 		case O_LABEL:
 			cfg.label = optarg;
 			break;
@@ -391,6 +408,10 @@ static void parse_args(int argc, char **argv)
 	}
 	if (!cfg.server && !cfg.addr) {
 		err("client needs -a ADDR");
+		exit(1);
+	}
+	if (cfg.sqpoll && cfg.mode != MODE_URING) {
+		err("--sqpoll needs -m io_uring");
 		exit(1);
 	}
 }
@@ -518,11 +539,26 @@ struct waiter {
 
 static int waiter_init_ring(struct waiter *w)
 {
+	struct io_uring_params params;
 	int ret;
 
 	if (cfg.mode != MODE_URING)
 		return 0;
-	ret = io_uring_queue_init(8, &w->ring, 0);
+	memset(&params, 0, sizeof(params));
+	if (cfg.sqpoll) {
+		cpu_set_t allowed;
+
+		if (sched_getaffinity(0, sizeof(allowed), &allowed) < 0) {
+			err("sched_getaffinity: %s", strerror(errno));
+			return -1;
+		}
+		params.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SQ_AFF;
+		while (!CPU_ISSET(params.sq_thread_cpu, &allowed))
+			params.sq_thread_cpu++;
+		/* Asleep between connections, awake through a run's round trips. */
+		params.sq_thread_idle = 1000;
+	}
+	ret = io_uring_queue_init_params(8, &w->ring, &params);
 	if (ret < 0) {
 		err("io_uring_queue_init: %s", strerror(-ret));
 		return -1;
@@ -848,10 +884,11 @@ static int run_server(void)
 	warn_poll_sysctl();
 	addr_str(&ss, a, sizeof(a));
 	fprintf(stderr,
-		"%s: server listening on %s family=%s mode=%s busy=%d busy_usec=%u prefer=%d budget=%d\n",
+		"%s: server listening on %s family=%s mode=%s busy=%d busy_usec=%u prefer=%d budget=%d "
+		"sqpoll=%d\n",
 		prog, a, family_names[cfg.family], mode_names[cfg.mode],
 		cfg.busy, cfg.busy ? cfg.busy_usec : 0, cfg.prefer,
-		cfg.budget);
+		cfg.budget, cfg.sqpoll);
 
 	for (;;) {
 		struct sockaddr_storage peer;
@@ -1045,14 +1082,14 @@ static int run_client(void)
 	printf(" family=%s mode=%s busy=%d size=%u iters=%ld "
 	       "p50_us=%.2f p99_us=%.2f mean_us=%.2f min_us=%.2f napi_id=%u "
 	       "max_us=%.2f p90_us=%.2f p999_us=%.2f busy_usec=%u prefer=%d "
-	       "budget=%d warmup=%ld",
+	       "budget=%d warmup=%ld sqpoll=%d",
 	       family_names[cfg.family],
 	       mode_names[cfg.mode], cfg.busy, cfg.size, cfg.iters,
 	       pct_us(rtt, cfg.iters, 0.50), pct_us(rtt, cfg.iters, 0.99),
 	       (double)sum / cfg.iters / 1000.0, rtt[0] / 1000.0, napi_id,
 	       rtt[cfg.iters - 1] / 1000.0, pct_us(rtt, cfg.iters, 0.90),
 	       pct_us(rtt, cfg.iters, 0.999), cfg.busy ? cfg.busy_usec : 0,
-	       cfg.prefer, cfg.budget, cfg.warmup);
+	       cfg.prefer, cfg.budget, cfg.warmup, cfg.sqpoll);
 	if (have_counters)
 		printf(" cq_events=%llu softirq_polls=%llu softirq_completions=%llu busy_polls=%llu "
 		       "busy_completions=%llu busy_yields=%llu",
