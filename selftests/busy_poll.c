@@ -245,9 +245,8 @@ enum wait_mode { WAIT_RECV, WAIT_EPOLL, WAIT_POLL, WAIT_URING };
 #define CLIENT_CPU 0
 #define SERVER_CPU 1
 
-FIXTURE(busy) {};
-
-FIXTURE_VARIANT(busy) {
+/* A way for the client to wait for data. */
+struct wait_way {
 	const char *name;
 	enum wait_mode mode;
 	/*
@@ -257,13 +256,31 @@ FIXTURE_VARIANT(busy) {
 	bool sqpoll;
 };
 
-FIXTURE_VARIANT_ADD(busy, recv) { .name = "recv", .mode = WAIT_RECV };
-FIXTURE_VARIANT_ADD(busy, epoll) { .name = "epoll", .mode = WAIT_EPOLL };
-FIXTURE_VARIANT_ADD(busy, poll) { .name = "poll", .mode = WAIT_POLL };
-FIXTURE_VARIANT_ADD(busy, io_uring) { .name = "io_uring", .mode = WAIT_URING };
-FIXTURE_VARIANT_ADD(busy, io_uring_sqpoll) {
-	.name = "io_uring+sqpoll", .mode = WAIT_URING, .sqpoll = true,
+/* A variant of @fixture for each way of waiting. */
+#define WAIT_WAY_VARIANTS(fixture)							\
+	FIXTURE_VARIANT_ADD(fixture, recv) {						\
+		.way = { .name = "recv", .mode = WAIT_RECV },				\
+	};										\
+	FIXTURE_VARIANT_ADD(fixture, epoll) {						\
+		.way = { .name = "epoll", .mode = WAIT_EPOLL },				\
+	};										\
+	FIXTURE_VARIANT_ADD(fixture, poll) {						\
+		.way = { .name = "poll", .mode = WAIT_POLL },				\
+	};										\
+	FIXTURE_VARIANT_ADD(fixture, io_uring) {					\
+		.way = { .name = "io_uring", .mode = WAIT_URING },			\
+	};										\
+	FIXTURE_VARIANT_ADD(fixture, io_uring_sqpoll) {					\
+		.way = { .name = "io_uring+sqpoll", .mode = WAIT_URING, .sqpoll = true },	\
+	}
+
+FIXTURE(busy) {};
+
+FIXTURE_VARIANT(busy) {
+	struct wait_way way;
 };
+
+WAIT_WAY_VARIANTS(busy);
 
 /* Puts the knobs the tests turn back as they were: returns NULL, or what failed. */
 static const char *restore_knobs(void)
@@ -306,20 +323,28 @@ FIXTURE_TEARDOWN_PARENT(busy)
 struct waiter {
 	const char *name;
 	enum wait_mode mode;
+	int wait_ms;		/* how long one wait lasts, at most */
 	int fd;
 	int epfd;		/* WAIT_EPOLL */
 	bool have_ring;		/* WAIT_URING */
 	struct io_uring ring;
 };
 
+/*
+ * Sets up @way for @fd, busy polling for @busy_usecs (0: not at all) where the way of waiting
+ * takes its own setting; SO_BUSY_POLL and net.core.busy_poll are the caller's. A wait lasts up
+ * to EVENT_WAIT_MS.
+ */
 static void waiter_init(struct __test_metadata *_metadata, struct waiter *w,
-			const FIXTURE_VARIANT(busy) *variant, int fd, bool busy)
+			const struct wait_way *way, int fd, unsigned int busy_usecs)
 {
-	enum wait_mode mode = variant->mode;
+	enum wait_mode mode = way->mode;
+	bool busy = busy_usecs;
 
 	memset(w, 0, sizeof(*w));
-	w->name = variant->name;
+	w->name = way->name;
 	w->mode = mode;
+	w->wait_ms = EVENT_WAIT_MS;
 	w->fd = fd;
 	w->epfd = -1;
 	if (mode == WAIT_EPOLL) {
@@ -329,7 +354,7 @@ static void waiter_init(struct __test_metadata *_metadata, struct waiter *w,
 		ASSERT_LE(0, w->epfd) TH_LOG("epoll_create1: %s", strerror(errno));
 		if (busy) {
 			struct epoll_params p = {
-				.busy_poll_usecs = BUSY_USECS,
+				.busy_poll_usecs = busy_usecs,
 				.busy_poll_budget = BUSY_BUDGET,
 				.prefer_busy_poll = 1,
 			}, back;
@@ -348,10 +373,11 @@ static void waiter_init(struct __test_metadata *_metadata, struct waiter *w,
 		struct io_uring_params params = { 0 };
 		int ret;
 
-		if (variant->sqpoll) {
+		if (way->sqpoll) {
 			params.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SQ_AFF;
 			params.sq_thread_cpu = CLIENT_CPU;
-			params.sq_thread_idle = 1000;
+			/* Polling on between receives, however slow the round trips. */
+			params.sq_thread_idle = 1000 + busy_usecs / 1000;
 		}
 		ret = io_uring_queue_init_params(8, &w->ring, &params);
 
@@ -360,7 +386,7 @@ static void waiter_init(struct __test_metadata *_metadata, struct waiter *w,
 		if (busy) {
 			/* Dynamic tracking: the ring spins on the NAPIs of the sockets it waits on. */
 			struct bp_io_uring_napi napi = {
-				.busy_poll_to = BUSY_USECS,
+				.busy_poll_to = busy_usecs,
 				.prefer_busy_poll = 1,
 				.opcode = BP_IO_URING_NAPI_REGISTER_OP,
 				.op_param = BP_IO_URING_NAPI_TRACKING_DYNAMIC,
@@ -387,7 +413,7 @@ static ssize_t waiter_recv(struct waiter *w, void *buf, size_t len)
 {
 	for (;;) {
 		struct pollfd pfd = { .fd = w->fd, .events = POLLIN };
-		struct __kernel_timespec ts = { .tv_sec = EVENT_WAIT_MS / 1000 };
+		struct __kernel_timespec ts = { .tv_sec = w->wait_ms / 1000 };
 		struct io_uring_cqe *cqe = NULL;
 		struct io_uring_sqe *sqe;
 		struct epoll_event ev;
@@ -401,9 +427,9 @@ static ssize_t waiter_recv(struct waiter *w, void *buf, size_t len)
 		case WAIT_EPOLL:
 		case WAIT_POLL:
 			if (w->mode == WAIT_EPOLL)
-				r = epoll_wait(w->epfd, &ev, 1, EVENT_WAIT_MS);
+				r = epoll_wait(w->epfd, &ev, 1, w->wait_ms);
 			else
-				r = poll(&pfd, 1, EVENT_WAIT_MS);
+				r = poll(&pfd, 1, w->wait_ms);
 			if (r < 0 && errno == EINTR)
 				continue;
 			if (r < 0)
@@ -520,14 +546,14 @@ struct deltas {
 };
 
 /*
- * The ping-pong of the busy and softirq tests, @variant's way: a client in rsmc_a that busy-polls
+ * The ping-pong of the busy and softirq tests, waiting @way: a client in rsmc_a that busy-polls
  * (@busy) or not, against a blocking echo server in rsmc_b that never does. Returns the
  * counters of rxe_a over the ROUND_TRIPS counted round trips, and logs them.
  */
-static void run_ping_pong(struct __test_metadata *_metadata,
-			  const FIXTURE_VARIANT(busy) *variant, bool busy, struct deltas *d)
+static void run_ping_pong(struct __test_metadata *_metadata, const struct wait_way *way,
+			  bool busy, struct deltas *d)
 {
-	enum wait_mode mode = variant->mode;
+	enum wait_mode mode = way->mode;
 	struct rsmc_device_stats before, after;
 	struct echo e = { .count = WARMUP + ROUND_TRIPS };
 	unsigned int defer_irqs = busy ? DEFER_HARD_IRQS : 0, got_irqs;
@@ -574,7 +600,7 @@ static void run_ping_pong(struct __test_metadata *_metadata,
 		ASSERT_EQ(0, set_int(cfd, SOL_SOCKET, SO_BUSY_POLL_BUDGET, BUSY_BUDGET))
 			TH_LOG("SO_BUSY_POLL_BUDGET: %s", strerror(errno));
 	}
-	waiter_init(_metadata, &w, variant, cfd, busy);
+	waiter_init(_metadata, &w, way, cfd, busy ? BUSY_USECS : 0);
 
 	/*
 	 * Busy polling wants a CPU of its own: the client spins on CPU 0, the echo server runs
@@ -622,7 +648,7 @@ static void run_ping_pong(struct __test_metadata *_metadata,
 	TH_LOG("%s, busy polling %s: %d round trips of %d bytes in %.0f ms (%.1f us each); %s: "
 	       "cq_events %llu (%.2f/msg), completions %llu (%.2f/msg): softirq %llu polls "
 	       "%llu completions (%.2f/msg), busy %llu polls %llu completions (%.2f/msg)",
-	       variant->name, busy ? "on" : "off", ROUND_TRIPS, MSG_LEN, t1 - t0,
+	       way->name, busy ? "on" : "off", ROUND_TRIPS, MSG_LEN, t1 - t0,
 	       (t1 - t0) * 1e3 / ROUND_TRIPS, DEV_CLIENT, d->cq_events,
 	       (double)d->cq_events / ROUND_TRIPS, d->completions,
 	       (double)d->completions / ROUND_TRIPS, d->softirq_polls, d->softirq_completions,
@@ -650,15 +676,15 @@ TEST_F_TIMEOUT(busy, busy_poll_reaps_completions, 300)
 	 * soft-RoCE kworker, often). Its busy polls must still reap a share. An SQPOLL thread
 	 * polls all along, and goes on polling after it gave way.
 	 */
-	if (variant->mode == WAIT_URING && !variant->sqpoll)
+	if (variant->way.mode == WAIT_URING && !variant->way.sqpoll)
 		want = ROUND_TRIPS / 10;
-	run_ping_pong(_metadata, variant, true, &d);
+	run_ping_pong(_metadata, &variant->way, true, &d);
 	EXPECT_LE(want, d.busy_completions)
 		TH_LOG("%s: busy polling reaped %llu of %llu completions in %d round trips",
-		       variant->name, d.busy_completions, d.completions, ROUND_TRIPS);
+		       variant->way.name, d.busy_completions, d.completions, ROUND_TRIPS);
 	EXPECT_GE(ROUND_TRIPS / 10ULL, d.cq_events)
 		TH_LOG("%s: %llu completion events in %d round trips while busy polling",
-		       variant->name, d.cq_events, ROUND_TRIPS);
+		       variant->way.name, d.cq_events, ROUND_TRIPS);
 }
 
 /* Without busy polling, softirq polls reap everything, and each reply comes with an event. */
@@ -666,39 +692,52 @@ TEST_F_TIMEOUT(busy, softirq_without_busy_poll, 300)
 {
 	struct deltas d;
 
-	run_ping_pong(_metadata, variant, false, &d);
+	run_ping_pong(_metadata, &variant->way, false, &d);
 	EXPECT_EQ(0ULL, d.busy_polls) TH_LOG("%s: busy polls without busy polling",
-					  variant->name);
+					  variant->way.name);
 	EXPECT_EQ(0ULL, d.busy_completions);
 	EXPECT_LE((unsigned long long)ROUND_TRIPS, d.softirq_completions)
 		TH_LOG("%s: softirq reaped %llu completions in %d round trips",
-		       variant->name, d.softirq_completions, ROUND_TRIPS);
+		       variant->way.name, d.softirq_completions, ROUND_TRIPS);
 	EXPECT_LE(ROUND_TRIPS / 2ULL, d.cq_events)
 		TH_LOG("%s: %llu completion events in %d round trips without busy polling",
-		       variant->name, d.cq_events, ROUND_TRIPS);
+		       variant->way.name, d.cq_events, ROUND_TRIPS);
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* The RDMA device goes away under a spinning reader (last: it deletes rxe_a, then adds it    */
-/* back).                                                                                     */
+/* The RDMA device goes away under a spinning reader, in each way of waiting (it deletes      */
+/* rxe_a, then adds it back).                                                                 */
 
 FIXTURE(removal) {};
+
+FIXTURE_VARIANT(removal) {
+	struct wait_way way;
+};
+
+WAIT_WAY_VARIANTS(removal);
 
 FIXTURE_SETUP(removal)
 {
 	const char *failed = rsmc_restore_rxe('a');
+	const char *knobs = restore_knobs();
 
 	signal(SIGPIPE, SIG_IGN);
 	ASSERT_EQ(NULL, failed) TH_LOG("rxe_a missing: %s failed", failed);
+	ASSERT_EQ(NULL, knobs) TH_LOG("%s: %s", knobs, strerror(errno));
 }
 
 /* In the parent: runs even when the test failed (an ASSERT aborts the child). */
 FIXTURE_TEARDOWN_PARENT(removal)
 {
 	const char *failed = rsmc_restore_rxe('a');
+	const char *knobs = restore_knobs();
 
 	if (failed) {
 		TH_LOG("adding rxe_a back: %s failed", failed);
+		_metadata->exit_code = KSFT_FAIL;
+	}
+	if (knobs) {
+		TH_LOG("%s: %s", knobs, strerror(errno));
 		_metadata->exit_code = KSFT_FAIL;
 	}
 }
@@ -711,36 +750,55 @@ FIXTURE_TEARDOWN_PARENT(removal)
  */
 #define SPIN_USECS (GUARD_S * 1000000)
 
+/* A thread that waits for one byte. */
 struct spinner {
-	int fd;
+	struct waiter w;
 	/* results */
-	ssize_t ret;
-	int err;
+	ssize_t ret;		/* waiter_recv()'s */
 	double end_ms;
 	bool finished;
 };
 
-static void *spin_recv(void *arg)
+static void *spin_wait(void *arg)
 {
 	struct spinner *s = arg;
 	char c;
 
-	s->ret = recv(s->fd, &c, 1, 0);
-	s->err = errno;
+	s->ret = waiter_recv(&s->w, &c, 1);
 	s->end_ms = now_ms();
 	__atomic_store_n(&s->finished, true, __ATOMIC_RELEASE);
 	return NULL;
 }
 
+static const char *ret_text(ssize_t ret)
+{
+	return ret < 0 ? strerror(-ret) : ret ? "a byte" : "EOF";
+}
+
+/*
+ * The reader busy polls for longer than the test waits (io_uring's wait caps its spin at 10 ms,
+ * then sleeps; its SQPOLL thread spins on), so only the connection's abort can end its wait.
+ */
 TEST_F_TIMEOUT(removal, spinner_survives_device_removal, 180)
 {
+	const char *name = variant->way.name;
 	struct spinner s = { .ret = -2 };
 	struct rsmc_device_stats s0, s1;
 	struct timespec deadline;
 	double t_start, t_del, t_done;
+	long got_busy_poll;
 	pthread_t t;
 	int cfd, sfd, ret;
+	char text[32];
 
+	/* From the root namespace, before smc_pair() moves this thread: see run_ping_pong(). */
+	if (variant->way.mode == WAIT_POLL) {
+		snprintf(text, sizeof(text), "%d\n", SPIN_USECS);
+		ASSERT_EQ(0, rsmc_write_file(BUSY_POLL_SYSCTL, text))
+			TH_LOG("writing %s: %s", BUSY_POLL_SYSCTL, strerror(errno));
+		ASSERT_EQ(0, rsmc_read_long(BUSY_POLL_SYSCTL, &got_busy_poll));
+		ASSERT_EQ(SPIN_USECS, got_busy_poll);
+	}
 	smc_pair(_metadata, &cfd, &sfd);
 	/* Over TCP, removing the RDMA device would prove nothing. */
 	ASSERT_TRUE(expect_rdma(_metadata, "client", cfd));
@@ -748,15 +806,16 @@ TEST_F_TIMEOUT(removal, spinner_survives_device_removal, 180)
 	/* The guard SO_RCVTIMEO (GUARD_S) stays: it bounds the sleep after the spinning. */
 	ASSERT_EQ(0, set_int(cfd, SOL_SOCKET, SO_BUSY_POLL, SPIN_USECS))
 		TH_LOG("SO_BUSY_POLL %d: %s", SPIN_USECS, strerror(errno));
+	waiter_init(_metadata, &s.w, &variant->way, cfd, SPIN_USECS);
+	s.w.wait_ms = GUARD_S * 1000;
 	ASSERT_EQ(0, rsmc_device_stats(DEV_CLIENT, &s0));
 
-	s.fd = cfd;
 	t_start = now_ms();
-	ASSERT_EQ(0, pthread_create(&t, NULL, spin_recv, &s));
+	ASSERT_EQ(0, pthread_create(&t, NULL, spin_wait, &s));
 	msleep(300);
-	/* No data comes: the reader is still in recv, spinning on rxe_a's NAPI. */
+	/* No data comes: the reader still waits, busy polling rxe_a's NAPI. */
 	ASSERT_FALSE(__atomic_load_n(&s.finished, __ATOMIC_ACQUIRE))
-		TH_LOG("recv returned %zd (%s) with no data sent", s.ret, strerror(s.err));
+		TH_LOG("%s returned %s with no data sent", name, ret_text(s.ret));
 	ASSERT_EQ(0, rsmc_device_stats(DEV_CLIENT, &s1));
 	EXPECT_LT(s0.busy_polls, s1.busy_polls) TH_LOG("the reader does not busy-poll %s",
 						       DEV_CLIENT);
@@ -773,15 +832,14 @@ TEST_F_TIMEOUT(removal, spinner_survives_device_removal, 180)
 	       s1.busy_polls - s0.busy_polls, t_del - t_start);
 
 	ASSERT_EQ(0, pthread_timedjoin_np(t, NULL, &deadline))
-		TH_LOG("recv still spinning %.0f s after the removal", (now_ms() - t_del) / 1e3);
-	EXPECT_EQ(-1, s.ret);
-	EXPECT_TRUE(is_abort_errno(s.err))
-		TH_LOG("recv returned %zd (%s) %.0f ms after the removal began; want -1 with "
-		       "ECONNABORTED, ECONNRESET or EPIPE", s.ret, s.ret < 0 ? strerror(s.err) : "",
-		       s.end_ms - t_del);
-	TH_LOG("recv failed %.0f ms after the removal began: %s", s.end_ms - t_del,
-	       strerror(s.err));
+		TH_LOG("%s still waiting %.0f s after the removal", name, (now_ms() - t_del) / 1e3);
+	EXPECT_TRUE(s.ret < 0 && is_abort_errno(-s.ret))
+		TH_LOG("%s returned %s %.0f ms after the removal began; want ECONNABORTED, "
+		       "ECONNRESET or EPIPE", name, ret_text(s.ret), s.end_ms - t_del);
+	TH_LOG("%s failed %.0f ms after the removal began: %s", name, s.end_ms - t_del,
+	       ret_text(s.ret));
 	EXPECT_EQ(-1, rsmc_device_napi_id(DEV_CLIENT)) TH_LOG("rsmc still lists %s", DEV_CLIENT);
+	waiter_fini(&s.w);
 	EXPECT_EQ(0, close(cfd));
 	EXPECT_EQ(0, close(sfd));
 }
@@ -802,6 +860,7 @@ TEST_F_TIMEOUT(removal, spinner_survives_device_removal, 180)
  */
 TEST(busy_poller_yields_cpu)
 {
+	static const struct wait_way recv_way = { .name = "recv", .mode = WAIT_RECV };
 	struct spinner s = { .ret = -2 };
 	struct rsmc_device_stats s0, s1;
 	cpu_set_t one_cpu, saved;
@@ -823,8 +882,8 @@ TEST(busy_poller_yields_cpu)
 		TH_LOG("sched_setaffinity: %s", strerror(errno));
 	ASSERT_EQ(0, rsmc_device_stats(DEV_CLIENT, &s0));
 
-	s.fd = cfd;
-	ASSERT_EQ(0, pthread_create(&t, NULL, spin_recv, &s));
+	waiter_init(_metadata, &s.w, &recv_way, cfd, 0);
+	ASSERT_EQ(0, pthread_create(&t, NULL, spin_wait, &s));
 	for (int i = 0; i < NAPS; i++) {
 		double t0 = now_ms(), late;
 
@@ -839,9 +898,8 @@ TEST(busy_poller_yields_cpu)
 	ASSERT_EQ(0, pthread_join(t, NULL));
 	ASSERT_EQ(0, sched_setaffinity(0, sizeof(saved), &saved));
 
-	EXPECT_TRUE(spun_through) TH_LOG("recv returned %zd (%s) with no data sent", s.ret,
-					 strerror(s.err));
-	EXPECT_EQ(1, s.ret) TH_LOG("recv: %s", strerror(s.err));
+	EXPECT_TRUE(spun_through) TH_LOG("recv returned %s with no data sent", ret_text(s.ret));
+	EXPECT_EQ(1, s.ret) TH_LOG("recv returned %s", ret_text(s.ret));
 	EXPECT_LT(s0.busy_polls, s1.busy_polls) TH_LOG("the reader does not busy-poll %s",
 						       DEV_CLIENT);
 	EXPECT_LT(s0.busy_yields, s1.busy_yields)
