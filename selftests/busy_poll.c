@@ -30,39 +30,9 @@
 #include <sys/syscall.h>
 #include <time.h>
 
+#include "busy_poll_uapi.h"
 #include "kselftest_harness.h"
 #include "rsmc_selftest.h"
-
-/* include/uapi/linux/eventpoll.h (Linux >= 6.9); the installed headers may be older. */
-#ifndef EPIOCSPARAMS
-struct epoll_params {
-	uint32_t busy_poll_usecs;
-	uint16_t busy_poll_budget;
-	uint8_t prefer_busy_poll;
-	uint8_t __pad;	/* must be zero */
-};
-#define EPOLL_IOC_TYPE 0x8A
-#define EPIOCSPARAMS _IOW(EPOLL_IOC_TYPE, 0x01, struct epoll_params)
-#define EPIOCGPARAMS _IOR(EPOLL_IOC_TYPE, 0x02, struct epoll_params)
-#endif
-
-/*
- * include/uapi/linux/io_uring.h (Linux >= 6.9; opcode and op_param >= 6.13). liburing 2.3 has
- * neither the struct nor io_uring_register_napi(): a private copy and the raw syscall.
- */
-#define BP_IORING_REGISTER_NAPI 27
-#define BP_IO_URING_NAPI_REGISTER_OP 0
-#define BP_IO_URING_NAPI_TRACKING_DYNAMIC 0
-struct bp_io_uring_napi {
-	uint32_t busy_poll_to;
-	uint8_t prefer_busy_poll;
-	uint8_t opcode;
-	uint8_t pad[2];
-	uint32_t op_param;
-	uint32_t resv;
-};
-_Static_assert(sizeof(struct bp_io_uring_napi) == 16, "struct io_uring_napi");
-_Static_assert(sizeof(struct epoll_params) == 8, "struct epoll_params");
 
 #define NS_CLIENT "rsmc_a"
 #define NS_SERVER "rsmc_b"
@@ -385,15 +355,14 @@ static void waiter_init(struct __test_metadata *_metadata, struct waiter *w,
 		w->have_ring = true;
 		if (busy) {
 			/* Dynamic tracking: the ring spins on the NAPIs of the sockets it waits on. */
-			struct bp_io_uring_napi napi = {
+			struct rsmc_io_uring_napi napi = {
 				.busy_poll_to = busy_usecs,
 				.prefer_busy_poll = 1,
-				.opcode = BP_IO_URING_NAPI_REGISTER_OP,
-				.op_param = BP_IO_URING_NAPI_TRACKING_DYNAMIC,
+				.opcode = RSMC_IO_URING_NAPI_REGISTER_OP,
+				.op_param = RSMC_IO_URING_NAPI_TRACKING_DYNAMIC,
 			};
 
-			ASSERT_EQ(0, syscall(__NR_io_uring_register, w->ring.ring_fd,
-					     BP_IORING_REGISTER_NAPI, &napi, 1))
+			ASSERT_EQ(0, rsmc_io_uring_register_napi(w->ring.ring_fd, &napi))
 				TH_LOG("io_uring_register(IORING_REGISTER_NAPI): %s",
 				       strerror(errno));
 		}

@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Module lifecycle: open sockets pin rsmc.ko; rsmc and stock smc.ko exclude each other.
- * Runs last: it unloads and reloads rsmc (RSMC_MODULE, RSMC_KDIR come from qemu/run).
+ * Module lifecycle: open sockets pin rsmc.ko; busy pollers of its NAPIs do not, and survive its
+ * unload; rsmc and stock smc.ko exclude each other. Runs last: it unloads and reloads rsmc
+ * (RSMC_MODULE, RSMC_KDIR come from qemu/run).
  */
 #include <errno.h>
+#include <liburing.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
+#include "busy_poll_uapi.h"
 #include "kselftest_harness.h"
 #include "rsmc_selftest.h"
 
@@ -84,6 +88,129 @@ TEST(open_socket_pins_module)
 	/* The reloaded module picks up the existing devices again. */
 	EXPECT_LE(0, rsmc_device_napi_id("rxe_a"));
 	EXPECT_LE(0, rsmc_device_napi_id("rxe_b"));
+	fd = socket(AF_SMC, SOCK_STREAM, 0);
+	EXPECT_LE(0, fd);
+	close(fd);
+}
+
+/* How long one io_uring wait busy polls (io_uring's cap), and waits. */
+#define URING_SPIN_USECS 10000
+
+/*
+ * An io_uring ring that busy polls the NAPIs of both devices by id (static tracking: no socket
+ * involved), with busy polling preferred. With @sqpoll, its SQPOLL thread polls all along.
+ */
+static int napi_polling_ring(struct io_uring *ring, bool sqpoll, const int napi_ids[2])
+{
+	struct io_uring_params params = {
+		.flags = sqpoll ? IORING_SETUP_SQPOLL : 0,
+		.sq_thread_idle = 60000,
+	};
+	struct rsmc_io_uring_napi napi = {
+		.busy_poll_to = URING_SPIN_USECS,
+		.prefer_busy_poll = 1,
+		.opcode = RSMC_IO_URING_NAPI_REGISTER_OP,
+		.op_param = RSMC_IO_URING_NAPI_TRACKING_STATIC,
+	};
+	int ret = io_uring_queue_init_params(8, ring, &params);
+
+	if (ret) {
+		errno = -ret;
+		return -1;
+	}
+	if (rsmc_io_uring_register_napi(ring->ring_fd, &napi))
+		return -1;
+	for (int i = 0; i < 2; i++) {
+		struct rsmc_io_uring_napi add = {
+			.opcode = RSMC_IO_URING_NAPI_STATIC_ADD_ID,
+			.op_param = napi_ids[i],
+		};
+
+		if (rsmc_io_uring_register_napi(ring->ring_fd, &add))
+			return -1;
+	}
+	return 0;
+}
+
+/* A thread that waits on a ring with nothing to complete, busy polling in each wait. */
+struct uring_waiter {
+	struct io_uring ring;
+	bool stop;
+	/* results */
+	unsigned long waits;	/* waits that timed out, as they all should */
+	int err;		/* how a wait failed otherwise, as -errno; 0 if none did */
+};
+
+static void *wait_on_ring(void *arg)
+{
+	struct uring_waiter *w = arg;
+	struct __kernel_timespec ts = { .tv_nsec = URING_SPIN_USECS * 1000 };
+	struct io_uring_cqe *cqe;
+	int ret;
+
+	while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+		ret = io_uring_wait_cqe_timeout(&w->ring, &cqe, &ts);
+		if (ret != -ETIME && ret != -EINTR) {
+			w->err = ret ? ret : -EPROTO;
+			break;
+		}
+		__atomic_add_fetch(&w->waits, 1, __ATOMIC_RELEASE);
+	}
+	return NULL;
+}
+
+/*
+ * A NAPI id is no reference to rsmc: rings busy poll both devices' NAPIs, one in an SQPOLL
+ * thread and one in a thread's waits, with interrupt deferral on (so that each busy poll arms
+ * the NAPI's timer), while rsmc unloads. The unload takes the NAPIs away under them; they go
+ * on polling nothing, and a reloaded rsmc works. Use-after-free shows on the debug kernel.
+ */
+TEST(unload_under_napi_pollers)
+{
+	struct uring_waiter waiter = { 0 };
+	struct rsmc_device_stats s0, s1;
+	struct io_uring sq_ring;
+	unsigned long waits;
+	int napi_ids[2], fd;
+	pthread_t t;
+
+	ASSERT_TRUE(connections_gone()) TH_LOG("rsmc connections of earlier programs remain");
+	napi_ids[0] = rsmc_device_napi_id("rxe_a");
+	napi_ids[1] = rsmc_device_napi_id("rxe_b");
+	ASSERT_LT(0, napi_ids[0]);
+	ASSERT_LT(0, napi_ids[1]);
+	ASSERT_EQ(0, rsmc_set_napi_defer("rxe_a", 1000, 500000))
+		TH_LOG("writing %s: %s", RSMC_NAPI_DEFER_FILE, strerror(errno));
+	ASSERT_EQ(0, rsmc_device_stats("rxe_a", &s0));
+
+	ASSERT_EQ(0, napi_polling_ring(&sq_ring, true, napi_ids))
+		TH_LOG("SQPOLL ring: %s", strerror(errno));
+	ASSERT_EQ(0, napi_polling_ring(&waiter.ring, false, napi_ids))
+		TH_LOG("ring: %s", strerror(errno));
+	ASSERT_EQ(0, pthread_create(&t, NULL, wait_on_ring, &waiter));
+	msleep(200);
+	ASSERT_EQ(0, rsmc_device_stats("rxe_a", &s1));
+	EXPECT_LT(s0.busy_polls, s1.busy_polls) TH_LOG("nothing busy polls rxe_a");
+	TH_LOG("%llu busy polls of rxe_a in 200 ms", s1.busy_polls - s0.busy_polls);
+
+	ASSERT_EQ(0, delete_when_released()) TH_LOG("rmmod under busy pollers: %s",
+						     strerror(errno));
+	EXPECT_EQ(-1, access("/sys/module/rsmc", F_OK));
+	/* The waits go on, polling a NAPI id that is gone. */
+	waits = __atomic_load_n(&waiter.waits, __ATOMIC_ACQUIRE);
+	msleep(100);
+	EXPECT_LT(waits, __atomic_load_n(&waiter.waits, __ATOMIC_ACQUIRE))
+		TH_LOG("the waiting thread stopped: %s", strerror(-waiter.err));
+
+	__atomic_store_n(&waiter.stop, true, __ATOMIC_RELEASE);
+	ASSERT_EQ(0, pthread_join(t, NULL));
+	EXPECT_EQ(0, waiter.err) TH_LOG("a wait failed: %s", strerror(-waiter.err));
+	io_uring_queue_exit(&waiter.ring);
+	io_uring_queue_exit(&sq_ring);
+
+	ASSERT_NE(NULL, rsmc_ko());
+	ASSERT_EQ(0, rsmc_load_module(rsmc_ko())) TH_LOG("insmod: %s", strerror(errno));
+	EXPECT_LE(0, rsmc_device_napi_id("rxe_a"));
 	fd = socket(AF_SMC, SOCK_STREAM, 0);
 	EXPECT_LE(0, fd);
 	close(fd);

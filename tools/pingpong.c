@@ -101,6 +101,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include "busy_poll_uapi.h"
 #include "rsmc_devices.h"
 
 /* ---- UAPI fallbacks (system headers are older than the target kernel) ---- */
@@ -120,38 +121,6 @@
 #ifndef SO_BUSY_POLL_BUDGET
 #define SO_BUSY_POLL_BUDGET 70
 #endif
-
-/* include/uapi/linux/eventpoll.h (Linux >= 6.9) */
-#ifndef EPIOCSPARAMS
-struct epoll_params {
-	uint32_t busy_poll_usecs;
-	uint16_t busy_poll_budget;
-	uint8_t prefer_busy_poll;
-	uint8_t __pad; /* must be zero */
-};
-#define EPOLL_IOC_TYPE 0x8A
-#define EPIOCSPARAMS _IOW(EPOLL_IOC_TYPE, 0x01, struct epoll_params)
-#define EPIOCGPARAMS _IOR(EPOLL_IOC_TYPE, 0x02, struct epoll_params)
-#endif
-
-/*
- * include/uapi/linux/io_uring.h (Linux >= 6.9, opcode/op_param >= 6.13).
- * liburing 2.3 has neither the struct nor io_uring_register_napi(), so use a
- * private copy of the struct and the raw syscall.
- */
-#define PP_IORING_REGISTER_NAPI 27
-#define PP_IO_URING_NAPI_REGISTER_OP 0
-#define PP_IO_URING_NAPI_TRACKING_DYNAMIC 0
-struct pp_io_uring_napi {
-	uint32_t busy_poll_to;
-	uint8_t prefer_busy_poll;
-	uint8_t opcode;
-	uint8_t pad[2];
-	uint32_t op_param;
-	uint32_t resv;
-};
-_Static_assert(sizeof(struct pp_io_uring_napi) == 16, "io_uring_napi size");
-_Static_assert(sizeof(struct epoll_params) == 8, "epoll_params size");
 
 /* ---- configuration ---- */
 
@@ -565,15 +534,14 @@ static int waiter_init_ring(struct waiter *w)
 	}
 	w->have_ring = 1;
 	if (cfg.busy) {
-		struct pp_io_uring_napi napi;
+		struct rsmc_io_uring_napi napi = {
+			.busy_poll_to = cfg.busy_usec,
+			.prefer_busy_poll = cfg.prefer,
+			.opcode = RSMC_IO_URING_NAPI_REGISTER_OP,
+			.op_param = RSMC_IO_URING_NAPI_TRACKING_DYNAMIC,
+		};
 
-		memset(&napi, 0, sizeof(napi));
-		napi.busy_poll_to = cfg.busy_usec;
-		napi.prefer_busy_poll = cfg.prefer;
-		napi.opcode = PP_IO_URING_NAPI_REGISTER_OP;
-		napi.op_param = PP_IO_URING_NAPI_TRACKING_DYNAMIC;
-		if (syscall(__NR_io_uring_register, w->ring.ring_fd,
-			    PP_IORING_REGISTER_NAPI, &napi, 1) < 0) {
+		if (rsmc_io_uring_register_napi(w->ring.ring_fd, &napi) < 0) {
 			err("io_uring_register(IORING_REGISTER_NAPI, "
 			    "busy_poll_to=%u prefer=%d): %s", cfg.busy_usec,
 			    cfg.prefer, strerror(errno));
