@@ -52,7 +52,14 @@ use kernel::{
         new_condvar, new_spinlock, new_spinlock_irq, Arc, ArcBorrow, CondVar, CondVarTimeoutResult,
         Mutex, SetOnce, SpinLock, SpinLockIrq,
     },
-    time::{delay::fsleep, msecs_to_jiffies, Delta, Instant, Monotonic},
+    time::{
+        delay::fsleep,
+        hrtimer::{
+            ArcHrTimerHandle, HrTimer, HrTimerCallback, HrTimerCallbackContext, HrTimerPointer,
+            HrTimerRestart, RelativeMode,
+        },
+        msecs_to_jiffies, Delta, Instant, Monotonic,
+    },
     workqueue::{impl_has_work, new_work, Work, WorkItem},
 };
 
@@ -203,13 +210,28 @@ pub(crate) struct Connection {
     rx_lock: Mutex<()>,
     rdma_tx_bytes: Atomic<u64>,
     rdma_rx_bytes: Atomic<u64>,
-    /// Releases a closed connection once its peer closed too (from the completion handler).
+    /// Releases a closed connection once its peer closed too (from the completion handler),
+    /// or once `fin_timer` fired.
     #[pin]
     release_work: Work<Connection>,
+    /// Bounds how long a closed connection waits for its peer to close too, as
+    /// `net.ipv4.tcp_fin_timeout` bounds TCP's FIN_WAIT2.
+    #[pin]
+    fin_timer: HrTimer<Connection>,
+    /// The running `fin_timer`, cancelled on release. It holds a reference to the connection,
+    /// which the release drops.
+    #[pin]
+    fin_wait: SpinLock<Option<ArcHrTimerHandle<Connection>>>,
 }
 
 impl_has_work! {
     impl HasWork<Self> for Connection { self.release_work }
+}
+
+kernel::impl_has_hr_timer! {
+    impl HasHrTimer<Self> for Connection {
+        mode: RelativeMode<Monotonic>, field: self.fin_timer
+    }
 }
 
 impl Connection {
@@ -258,6 +280,8 @@ impl Connection {
                 rdma_tx_bytes: Atomic::new(0),
                 rdma_rx_bytes: Atomic::new(0),
                 release_work <- new_work!("Connection::release_work"),
+                fin_timer <- HrTimer::new(),
+                fin_wait <- new_spinlock!(None),
             }? Error),
             GFP_KERNEL,
         )
@@ -1111,10 +1135,27 @@ impl Connection {
             state.link_dead || state.conn.peer_closed() || state.conn.peer_aborted()
         };
         match (peer_done, failed) {
-            (false, _) => {}
+            (false, _) => self.start_fin_wait(),
             // The release waits for the message in flight.
             (true, true) => self.schedule_release(),
             (true, false) => self.release(),
+        }
+    }
+
+    /// Releases the connection after `net.ipv4.tcp_fin_timeout` if the peer has not closed
+    /// by then. The peer heard of the close long before: it writes no more.
+    fn start_fin_wait(self: &Arc<Self>) {
+        let Some(sk) = self.sk.as_ref() else {
+            return;
+        };
+        let timer = self.clone().start(sk.fin_timeout());
+        let mut fin_wait = self.fin_wait.lock();
+        if self.state.lock().released {
+            // Released meanwhile: nothing would cancel the timer.
+            drop(fin_wait);
+            drop(timer);
+        } else {
+            *fin_wait = Some(timer);
         }
     }
 
@@ -1158,6 +1199,9 @@ impl Connection {
             state.released = true;
             state.closing = true;
         }
+        // Dropped unlocked: the cancel waits for a running callback.
+        let fin_wait = self.fin_wait.lock().take();
+        drop(fin_wait);
         self.unwatch_tcp();
         self.leave_link();
         // Dropped unlocked: the last references free DMA memory and deregister the ring.
@@ -1218,6 +1262,16 @@ impl WorkItem for Connection {
 
     fn run(this: Arc<Connection>) {
         this.release();
+    }
+}
+
+impl HrTimerCallback for Connection {
+    type Pointer<'a> = Arc<Connection>;
+
+    /// `fin_timer` fired: the release, which may sleep, runs in a work item.
+    fn run(this: ArcBorrow<'_, Self>, _ctx: HrTimerCallbackContext<'_, Self>) -> HrTimerRestart {
+        Arc::from(this).schedule_release();
+        HrTimerRestart::NoRestart
     }
 }
 

@@ -31,8 +31,8 @@ static int load_smc(void)
 
 /*
  * Waits up to 30 s for the connections of earlier programs to go: a closed connection holds
- * its socket (and so the module) until its peer closed too, or until its link failed, which
- * for a peer whose device was removed takes the transport's retries.
+ * its socket (and so the module) until its peer closed too, until its link failed, which for a
+ * peer whose device was removed takes the transport's retries, or net.ipv4.tcp_fin_timeout.
  */
 static bool connections_gone(void)
 {

@@ -957,6 +957,67 @@ TEST_F_TIMEOUT(rdma, half_close, 120)
 	EXPECT_EQ(0, close(cfd));
 }
 
+/*
+ * A closed connection keeps its receive ring for the peer until the peer closes too, but, as a
+ * TCP socket in FIN_WAIT2, no longer than net.ipv4.tcp_fin_timeout of its namespace.
+ */
+#define FIN_TIMEOUT_FILE "/proc/sys/net/ipv4/tcp_fin_timeout"
+#define FIN_TIMEOUT_S 2
+
+/* Waits up to 10 s for @dev to have @conns connections; their number then, or -1. */
+static long conns_settle(const char *dev, long conns)
+{
+	long links, got = -1;
+
+	for (int tries = 0; tries < 200; tries++, msleep(50)) {
+		if (rsmc_device_links(dev, &links, &got))
+			return -1;
+		if (got == conns)
+			break;
+	}
+	return got;
+}
+
+TEST_F_TIMEOUT(rdma, closed_waits_for_peer_up_to_fin_timeout, 120)
+{
+	long links, conns_a, conns_b, saved, got;
+	char text[32], c;
+	int cfd, sfd;
+	double t0;
+
+	smc_pair(_metadata, variant->topo, &cfd, &sfd);
+	expect_rdma_pair(_metadata, cfd, sfd, 0, 0);
+	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &conns_a));
+	ASSERT_EQ(0, rsmc_device_links("rxe_b", &links, &conns_b));
+	/* smc_pair() leaves this thread in the client's namespace, whose sysctl counts. */
+	ASSERT_EQ(0, rsmc_read_long(FIN_TIMEOUT_FILE, &saved));
+	snprintf(text, sizeof(text), "%d\n", FIN_TIMEOUT_S);
+	ASSERT_EQ(0, rsmc_write_file(FIN_TIMEOUT_FILE, text)) TH_LOG("%s", strerror(errno));
+
+	EXPECT_EQ(0, close(cfd));
+	t0 = now_ms();
+	EXPECT_EQ(0, recv(sfd, &c, 1, 0)) TH_LOG("no EOF after the client's close");
+	/* The server has not closed: the client's end stays, for a while. */
+	msleep(FIN_TIMEOUT_S * 1000 / 2);
+	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &got));
+	EXPECT_EQ(conns_a, got) TH_LOG("the client's end went before the fin timeout");
+	got = conns_settle("rxe_a", conns_a - 1);
+	EXPECT_EQ(conns_a - 1, got) TH_LOG("the client's end still there %.0f ms after its close",
+					   now_ms() - t0);
+	if (got == conns_a - 1)
+		TH_LOG("the client's end went %.0f ms after its close (fin timeout %d s)",
+		       now_ms() - t0, FIN_TIMEOUT_S);
+	snprintf(text, sizeof(text), "%ld\n", saved);
+	EXPECT_EQ(0, rsmc_write_file(FIN_TIMEOUT_FILE, text)) TH_LOG("%s", strerror(errno));
+
+	/* The server's end is unharmed: its writes fail as after any close, its close is clean. */
+	errno = 0;
+	EXPECT_EQ(-1, send(sfd, "x", 1, MSG_NOSIGNAL));
+	EXPECT_EQ(EPIPE, errno) TH_LOG("send after the peer's close: %s", strerror(errno));
+	EXPECT_EQ(0, close(sfd));
+	EXPECT_EQ(conns_b - 1, conns_settle("rxe_b", conns_b - 1));
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* non-blocking connect                                                                       */
 

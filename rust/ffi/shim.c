@@ -339,6 +339,11 @@ bool rsmc_sk_linger_zero(const struct sock *sk)
 	return sock_flag(sk, SOCK_LINGER) && !READ_ONCE(sk->sk_lingertime);
 }
 
+unsigned int rsmc_sk_fin_timeout_ms(const struct sock *sk)
+{
+	return jiffies_to_msecs(READ_ONCE(sock_net(sk)->ipv4.sysctl_tcp_fin_timeout));
+}
+
 /* Swaps the data-ready callback and its user data as one step under sk_callback_lock. */
 rsmc_sk_callback rsmc_sk_swap_data_ready(struct sock *sk, rsmc_sk_callback ready, void *user,
 					 void **old_user)

@@ -24,6 +24,7 @@ use kernel::{
     prelude::*,
     sync::aref::AlwaysRefCounted,
     task::TASK_INTERRUPTIBLE,
+    time::Delta,
     types::Opaque,
     ThisModule,
 };
@@ -202,6 +203,14 @@ impl Sock {
     pub(crate) fn linger_zero(&self) -> bool {
         // SAFETY: `sk` is valid; the flag and time are read racily by design.
         unsafe { sys::rsmc_sk_linger_zero(self.as_raw()) }
+    }
+
+    /// `net.ipv4.tcp_fin_timeout` of the socket's namespace: how long a closed TCP socket waits
+    /// for its peer to close too.
+    pub(crate) fn fin_timeout(&self) -> Delta {
+        // SAFETY: `sk` is valid.
+        let ms = unsafe { sys::rsmc_sk_fin_timeout_ms(self.as_raw()) };
+        Delta::from_millis(i64::from(ms))
     }
 
     /// Wakes readers (`sk_data_ready`: `EPOLLIN` waiters).
