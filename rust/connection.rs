@@ -210,22 +210,29 @@ pub(crate) struct Connection {
     rx_lock: Mutex<()>,
     rdma_tx_bytes: Atomic<u64>,
     rdma_rx_bytes: Atomic<u64>,
-    /// Releases a closed connection once its peer closed too (from the completion handler),
-    /// or once `fin_timer` fired.
+    /// Releases a closed connection once its peer closed too (from the completion handler).
     #[pin]
-    release_work: Work<Connection>,
+    release_work: Work<Connection, RELEASE_WORK>,
     /// Bounds how long a closed connection waits for its peer to close too, as
     /// `net.ipv4.tcp_fin_timeout` bounds TCP's FIN_WAIT2.
     #[pin]
     fin_timer: HrTimer<Connection>,
+    /// Ends the wait for the peer once `fin_timer` fired (see [`Self::fin_timeout`]).
+    #[pin]
+    fin_timeout_work: Work<Connection, FIN_TIMEOUT_WORK>,
     /// The running `fin_timer`, cancelled on release. It holds a reference to the connection,
     /// which the release drops.
     #[pin]
     fin_wait: SpinLock<Option<ArcHrTimerHandle<Connection>>>,
 }
 
+/// Work item ids of `release_work` and `fin_timeout_work`.
+const RELEASE_WORK: u64 = 0;
+const FIN_TIMEOUT_WORK: u64 = 1;
+
 impl_has_work! {
-    impl HasWork<Self> for Connection { self.release_work }
+    impl HasWork<Self, RELEASE_WORK> for Connection { self.release_work }
+    impl HasWork<Self, FIN_TIMEOUT_WORK> for Connection { self.fin_timeout_work }
 }
 
 kernel::impl_has_hr_timer! {
@@ -281,6 +288,7 @@ impl Connection {
                 rdma_rx_bytes: Atomic::new(0),
                 release_work <- new_work!("Connection::release_work"),
                 fin_timer <- HrTimer::new(),
+                fin_timeout_work <- new_work!("Connection::fin_timeout_work"),
                 fin_wait <- new_spinlock!(None),
             }? Error),
             GFP_KERNEL,
@@ -648,7 +656,7 @@ impl Connection {
 
     fn schedule_release(self: &Arc<Self>) {
         // Already queued is fine: one release is all it takes.
-        let _ = workqueue::queue().enqueue(self.clone());
+        let _ = workqueue::queue().enqueue::<_, RELEASE_WORK>(self.clone());
     }
 
     fn apply(&self, changes: Changes) {
@@ -1103,7 +1111,7 @@ impl Connection {
 
     /// Closes the connection: tells the peer (an abort if `abort` or unread data is left, as
     /// TCP sends a reset then), waits briefly for that to leave, and releases the connection
-    /// now if the peer closed too, else when it does.
+    /// now if the peer closed too, else when it does or the fin timeout ends the wait.
     pub(crate) fn close(self: &Arc<Self>, abort: bool) {
         let (link_alive, failed) = {
             let mut state = self.state.lock();
@@ -1117,11 +1125,14 @@ impl Connection {
                 state.conn.close();
             }
             state.closing = true;
-            (!state.link_dead, state.error.is_some())
+            (
+                !state.link_dead,
+                state.error.is_some() || state.conn.peer_aborted(),
+            )
         };
         // Even a failed connection says it closed: the peer keeps its ring until it hears.
-        // A failed one does not wait for the message, as closing a reset TCP socket does not
-        // wait: its peer may be gone, and the transport's retries take seconds.
+        // A failed (or aborted) one does not wait for the message, as closing a reset TCP
+        // socket does not wait: its peer may be gone, and the transport's retries take seconds.
         if link_alive {
             if failed {
                 self.post_last_cdc();
@@ -1143,7 +1154,7 @@ impl Connection {
     }
 
     /// Releases the connection after `net.ipv4.tcp_fin_timeout` if the peer has not closed
-    /// by then. The peer heard of the close long before: it writes no more.
+    /// by then (see [`Self::fin_timeout`]).
     fn start_fin_wait(self: &Arc<Self>) {
         let Some(sk) = self.sk.as_ref() else {
             return;
@@ -1157,6 +1168,27 @@ impl Connection {
         } else {
             *fin_wait = Some(timer);
         }
+    }
+
+    /// The peer did not close within the fin timeout. It heard of the close long before and
+    /// writes no more; an abort tells it that this end is gone, as a TCP reset would, so that
+    /// its close does not wait for a message to a queue pair that may be gone with the link.
+    fn fin_timeout(&self) {
+        let tell_peer = {
+            let mut state = self.state.lock();
+            let waiting = !state.released
+                && !state.link_dead
+                && !state.conn.peer_closed()
+                && !state.conn.peer_aborted();
+            if waiting {
+                state.conn.abort();
+            }
+            waiting
+        };
+        if tell_peer {
+            self.send_last_cdc();
+        }
+        self.release();
     }
 
     /// Sends the cursor message with the closing flags and waits briefly for this
@@ -1257,7 +1289,7 @@ impl SockEvents for Connection {
     }
 }
 
-impl WorkItem for Connection {
+impl WorkItem<RELEASE_WORK> for Connection {
     type Pointer = Arc<Connection>;
 
     fn run(this: Arc<Connection>) {
@@ -1265,12 +1297,20 @@ impl WorkItem for Connection {
     }
 }
 
+impl WorkItem<FIN_TIMEOUT_WORK> for Connection {
+    type Pointer = Arc<Connection>;
+
+    fn run(this: Arc<Connection>) {
+        this.fin_timeout();
+    }
+}
+
 impl HrTimerCallback for Connection {
     type Pointer<'a> = Arc<Connection>;
 
-    /// `fin_timer` fired: the release, which may sleep, runs in a work item.
+    /// `fin_timer` fired: what follows may sleep, so it runs in a work item.
     fn run(this: ArcBorrow<'_, Self>, _ctx: HrTimerCallbackContext<'_, Self>) -> HrTimerRestart {
-        Arc::from(this).schedule_release();
+        let _ = workqueue::queue().enqueue::<_, FIN_TIMEOUT_WORK>(Arc::from(this));
         HrTimerRestart::NoRestart
     }
 }
