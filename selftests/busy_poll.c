@@ -27,7 +27,6 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <time.h>
 
 #include "busy_poll_uapi.h"
@@ -255,14 +254,25 @@ WAIT_WAY_VARIANTS(busy);
 /* Puts the knobs the tests turn back as they were: returns NULL, or what failed. */
 static const char *restore_knobs(void)
 {
-	char text[32];
-
 	if (rsmc_set_napi_defer("rxe_a", 0, 0))
 		return "writing rxe_a 0 0 to " RSMC_NAPI_DEFER_FILE;
-	snprintf(text, sizeof(text), "%ld\n", saved_busy_poll);
-	if (rsmc_write_file(BUSY_POLL_SYSCTL, text))
+	if (rsmc_write_long(BUSY_POLL_SYSCTL, saved_busy_poll))
 		return "restoring " BUSY_POLL_SYSCTL;
 	return NULL;
+}
+
+/*
+ * Sets net.core.busy_poll, which poll() busy-polls with, to @usecs. The root namespace's:
+ * call it before smc_pair() moves this thread.
+ */
+static void set_busy_poll(struct __test_metadata *_metadata, long usecs)
+{
+	long got;
+
+	ASSERT_EQ(0, rsmc_write_long(BUSY_POLL_SYSCTL, usecs))
+		TH_LOG("writing %s: %s", BUSY_POLL_SYSCTL, strerror(errno));
+	ASSERT_EQ(0, rsmc_read_long(BUSY_POLL_SYSCTL, &got));
+	ASSERT_EQ(usecs, got);
 }
 
 FIXTURE_SETUP(busy)
@@ -527,7 +537,7 @@ static void run_ping_pong(struct __test_metadata *_metadata, const struct wait_w
 	struct echo e = { .count = WARMUP + ROUND_TRIPS };
 	unsigned int defer_irqs = busy ? DEFER_HARD_IRQS : 0, got_irqs;
 	unsigned long long defer_ns = busy ? DEFER_TIMEOUT_NS : 0, got_ns;
-	long busy_poll = busy && mode == WAIT_POLL ? BUSY_USECS : 0, got_busy_poll;
+	long busy_poll = busy && mode == WAIT_POLL ? BUSY_USECS : 0;
 	cpu_set_t client_cpu, server_cpu, saved;
 	struct timespec deadline;
 	pthread_attr_t attr;
@@ -535,7 +545,6 @@ static void run_ping_pong(struct __test_metadata *_metadata, const struct wait_w
 	pthread_t t;
 	double t0, t1;
 	int cfd, sfd;
-	char text[32];
 
 	/*
 	 * The knobs first, from the root namespace: smc_pair() moves this thread, and the
@@ -548,11 +557,7 @@ static void run_ping_pong(struct __test_metadata *_metadata, const struct wait_w
 	ASSERT_TRUE(got_irqs == defer_irqs && got_ns == defer_ns)
 		TH_LOG("napi_defer reads %u %llu after writing %u %llu", got_irqs, got_ns,
 		       defer_irqs, defer_ns);
-	snprintf(text, sizeof(text), "%ld\n", busy_poll);
-	ASSERT_EQ(0, rsmc_write_file(BUSY_POLL_SYSCTL, text))
-		TH_LOG("writing %s: %s", BUSY_POLL_SYSCTL, strerror(errno));
-	ASSERT_EQ(0, rsmc_read_long(BUSY_POLL_SYSCTL, &got_busy_poll));
-	ASSERT_EQ(busy_poll, got_busy_poll);
+	set_busy_poll(_metadata, busy_poll);
 
 	smc_pair(_metadata, &cfd, &sfd);
 	/* Over TCP, there would be no RDMA completions to count. */
@@ -755,19 +760,11 @@ TEST_F_TIMEOUT(removal, spinner_survives_device_removal, 180)
 	struct rsmc_device_stats s0, s1;
 	struct timespec deadline;
 	double t_start, t_del, t_done;
-	long got_busy_poll;
 	pthread_t t;
 	int cfd, sfd, ret;
-	char text[32];
 
-	/* From the root namespace, before smc_pair() moves this thread: see run_ping_pong(). */
-	if (variant->way.mode == WAIT_POLL) {
-		snprintf(text, sizeof(text), "%d\n", SPIN_USECS);
-		ASSERT_EQ(0, rsmc_write_file(BUSY_POLL_SYSCTL, text))
-			TH_LOG("writing %s: %s", BUSY_POLL_SYSCTL, strerror(errno));
-		ASSERT_EQ(0, rsmc_read_long(BUSY_POLL_SYSCTL, &got_busy_poll));
-		ASSERT_EQ(SPIN_USECS, got_busy_poll);
-	}
+	if (variant->way.mode == WAIT_POLL)
+		set_busy_poll(_metadata, SPIN_USECS);
 	smc_pair(_metadata, &cfd, &sfd);
 	/* Over TCP, removing the RDMA device would prove nothing. */
 	ASSERT_TRUE(expect_rdma(_metadata, "client", cfd));

@@ -982,7 +982,7 @@ static long conns_settle(const char *dev, long conns)
 TEST_F_TIMEOUT(rdma, closed_waits_for_peer_up_to_fin_timeout, 120)
 {
 	long links, conns_a, conns_b, saved, got;
-	char text[32], c;
+	char c;
 	int cfd, sfd;
 	double t0;
 
@@ -992,8 +992,7 @@ TEST_F_TIMEOUT(rdma, closed_waits_for_peer_up_to_fin_timeout, 120)
 	ASSERT_EQ(0, rsmc_device_links("rxe_b", &links, &conns_b));
 	/* smc_pair() leaves this thread in the client's namespace, whose sysctl counts. */
 	ASSERT_EQ(0, rsmc_read_long(FIN_TIMEOUT_FILE, &saved));
-	snprintf(text, sizeof(text), "%d\n", FIN_TIMEOUT_S);
-	ASSERT_EQ(0, rsmc_write_file(FIN_TIMEOUT_FILE, text)) TH_LOG("%s", strerror(errno));
+	ASSERT_EQ(0, rsmc_write_long(FIN_TIMEOUT_FILE, FIN_TIMEOUT_S)) TH_LOG("%s", strerror(errno));
 
 	EXPECT_EQ(0, close(cfd));
 	t0 = now_ms();
@@ -1008,8 +1007,7 @@ TEST_F_TIMEOUT(rdma, closed_waits_for_peer_up_to_fin_timeout, 120)
 	if (got == conns_a - 1)
 		TH_LOG("the client's end went %.0f ms after its close (fin timeout %d s)",
 		       now_ms() - t0, FIN_TIMEOUT_S);
-	snprintf(text, sizeof(text), "%ld\n", saved);
-	EXPECT_EQ(0, rsmc_write_file(FIN_TIMEOUT_FILE, text)) TH_LOG("%s", strerror(errno));
+	EXPECT_EQ(0, rsmc_write_long(FIN_TIMEOUT_FILE, saved)) TH_LOG("%s", strerror(errno));
 
 	/* The server's end got the abort: its writes fail, and its close does not wait. */
 	errno = 0;
@@ -1034,7 +1032,6 @@ TEST_F_TIMEOUT(rdma, fin_timeout_races_peer_close, 180)
 	int cfd[FIN_RACE_CONNS], sfd[FIN_RACE_CONNS];
 	long links, conns_a, conns_b, saved;
 	double t0, t_closed;
-	char text[32];
 
 	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &conns_a));
 	ASSERT_EQ(0, rsmc_device_links("rxe_b", &links, &conns_b));
@@ -1042,7 +1039,7 @@ TEST_F_TIMEOUT(rdma, fin_timeout_races_peer_close, 180)
 		smc_pair(_metadata, variant->topo, &cfd[i], &sfd[i]);
 	expect_rdma_pair(_metadata, cfd[0], sfd[0], 0, 0);
 	ASSERT_EQ(0, rsmc_read_long(FIN_TIMEOUT_FILE, &saved));
-	ASSERT_EQ(0, rsmc_write_file(FIN_TIMEOUT_FILE, "1\n")) TH_LOG("%s", strerror(errno));
+	ASSERT_EQ(0, rsmc_write_long(FIN_TIMEOUT_FILE, 1)) TH_LOG("%s", strerror(errno));
 
 	t0 = now_ms();
 	for (int i = 0; i < FIN_RACE_CONNS; i++)
@@ -1054,8 +1051,7 @@ TEST_F_TIMEOUT(rdma, fin_timeout_races_peer_close, 180)
 		msleep(25);
 	}
 	t_closed = now_ms();
-	snprintf(text, sizeof(text), "%ld\n", saved);
-	EXPECT_EQ(0, rsmc_write_file(FIN_TIMEOUT_FILE, text)) TH_LOG("%s", strerror(errno));
+	EXPECT_EQ(0, rsmc_write_long(FIN_TIMEOUT_FILE, saved)) TH_LOG("%s", strerror(errno));
 	EXPECT_EQ(conns_a, conns_settle("rxe_a", conns_a));
 	EXPECT_EQ(conns_b, conns_settle("rxe_b", conns_b));
 	TH_LOG("servers closed from 800 to %.0f ms after the clients, all gone at %.0f ms",

@@ -123,6 +123,15 @@ static inline int rsmc_write_file(const char *path, const char *text)
 	return n == len ? 0 : -1;
 }
 
+/* Writes the number @val to the file at @path (a sysctl, say); returns 0 or -1 with errno. */
+static inline int rsmc_write_long(const char *path, long val)
+{
+	char text[32];
+
+	snprintf(text, sizeof(text), "%ld\n", val);
+	return rsmc_write_file(path, text);
+}
+
 #define RSMC_NAPI_DEFER_FILE "/sys/kernel/debug/rsmc/napi_defer"
 
 /*
