@@ -216,7 +216,7 @@ impl PinnedDrop for Transport {
         // set up by a connect the socket's close cut short) is aborted; after `release` this
         // finds the connection closed already.
         if let Some(conn) = self.rdma.as_ref() {
-            conn.close(true);
+            conn.close(true, None);
         }
     }
 }
@@ -582,7 +582,8 @@ impl SocketFamily for AfSmc {
             connector.cancel();
         }
         if let Some(conn) = state.transport.rdma() {
-            conn.close(sock.sk().linger_zero());
+            let linger_ms = sock.sk().linger_ms();
+            conn.close(linger_ms == Some(0), linger_ms);
         }
         if let Some(listener) = state.listener.as_ref() {
             listener.close();

@@ -448,7 +448,7 @@ fn server_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Option<Outcome
         // side can stay on TCP. The connection aborts (its ring stays until the client lets
         // go), and the reset fails the client's connection if it did take it.
         _ => {
-            conn.close(true);
+            conn.close(true, None);
             clc.abort(ECONNRESET);
             None
         }

@@ -1110,9 +1110,11 @@ impl Connection {
     }
 
     /// Closes the connection: tells the peer (an abort if `abort` or unread data is left, as
-    /// TCP sends a reset then), waits briefly for that to leave, and releases the connection
-    /// now if the peer closed too, else when it does or the fin timeout ends the wait.
-    pub(crate) fn close(self: &Arc<Self>, abort: bool) {
+    /// TCP sends a reset then) and returns, as TCP's close does, unless `linger_ms` asks to
+    /// wait up to that long for the connection's writes to reach the peer (`SO_LINGER`). The
+    /// connection is released in the background once its last message left and the peer
+    /// closed too, or the fin timeout ended the wait for the peer.
+    pub(crate) fn close(self: &Arc<Self>, abort: bool, linger_ms: Option<u32>) {
         let (link_alive, failed) = {
             let mut state = self.state.lock();
             // Closed already (the socket's release, then its state's drop, both close).
@@ -1131,13 +1133,11 @@ impl Connection {
             )
         };
         // Even a failed connection says it closed: the peer keeps its ring until it hears.
-        // A failed (or aborted) one does not wait for the message, as closing a reset TCP
-        // socket does not wait: its peer may be gone, and the transport's retries take seconds.
-        if link_alive {
-            if failed {
-                self.post_last_cdc();
-            } else {
-                self.send_last_cdc();
+        // Waiting for the message would keep the application for the transport's retries
+        // (seconds) if the peer is gone; the release waits for it instead.
+        if link_alive && self.post_last_cdc() && !failed {
+            if let Some(linger_ms) = linger_ms {
+                self.wait_idle(linger_ms);
             }
         }
         self.unwatch_tcp();
@@ -1145,11 +1145,10 @@ impl Connection {
             let state = self.state.lock();
             state.link_dead || state.conn.peer_closed() || state.conn.peer_aborted()
         };
-        match (peer_done, failed) {
-            (false, _) => self.start_fin_wait(),
-            // The release waits for the message in flight.
-            (true, true) => self.schedule_release(),
-            (true, false) => self.release(),
+        if peer_done {
+            self.schedule_release();
+        } else {
+            self.start_fin_wait();
         }
     }
 

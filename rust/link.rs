@@ -265,7 +265,11 @@ impl Link {
         let last = {
             let mut state = self.state.lock();
             state.conns.retain(|listed| !core::ptr::eq(&**listed, conn));
-            state.conns.is_empty()
+            // Decided under the lock that `join` takes: a connection joining now must not
+            // land on a link about to be torn down.
+            let last = state.conns.is_empty();
+            state.dead |= last;
+            last
         };
         // A completion handler may hold its own reference to the connection: let it finish,
         // so that the last reference goes in process context.

@@ -334,9 +334,12 @@ void rsmc_sk_set_rcvlowat(struct sock *sk, int val)
 	WRITE_ONCE(sk->sk_rcvlowat, val);
 }
 
-bool rsmc_sk_linger_zero(const struct sock *sk)
+bool rsmc_sk_linger_ms(const struct sock *sk, unsigned int *ms)
 {
-	return sock_flag(sk, SOCK_LINGER) && !READ_ONCE(sk->sk_lingertime);
+	/* Capped so that the milliseconds fit. */
+	*ms = jiffies_to_msecs(min_t(unsigned long, READ_ONCE(sk->sk_lingertime),
+				     UINT_MAX / MSEC_PER_SEC * HZ));
+	return sock_flag(sk, SOCK_LINGER);
 }
 
 unsigned int rsmc_sk_fin_timeout_ms(const struct sock *sk)

@@ -111,7 +111,7 @@ bool rsmc_sk_is_listening(const struct sock *sk);
 void rsmc_lock_sock(struct sock *sk);
 int rsmc_sk_state(const struct sock *sk);
 int rsmc_sock_error(struct sock *sk);
-bool rsmc_sk_linger_zero(const struct sock *sk);
+bool rsmc_sk_linger_ms(const struct sock *sk, unsigned int *ms);
 unsigned int rsmc_sk_fin_timeout_ms(const struct sock *sk);
 
 void rsmc_sk_set_napi_id(struct sock *sk, unsigned int napi_id);

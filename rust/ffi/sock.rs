@@ -199,10 +199,12 @@ impl Sock {
         unsafe { sys::rsmc_sk_set_reuseport(self.as_raw(), on) };
     }
 
-    /// Whether `SO_LINGER` is on with a zero timeout: closing aborts the connection.
-    pub(crate) fn linger_zero(&self) -> bool {
-        // SAFETY: `sk` is valid; the flag and time are read racily by design.
-        unsafe { sys::rsmc_sk_linger_zero(self.as_raw()) }
+    /// `SO_LINGER`'s time in milliseconds if it is on: zero makes closing abort the
+    /// connection, more makes it wait up to that long for writes to reach the peer.
+    pub(crate) fn linger_ms(&self) -> Option<u32> {
+        let mut ms = 0;
+        // SAFETY: `sk` is valid, `ms` writable; the flag and time are read racily by design.
+        unsafe { sys::rsmc_sk_linger_ms(self.as_raw(), &mut ms) }.then_some(ms)
     }
 
     /// `net.ipv4.tcp_fin_timeout` of the socket's namespace: how long a closed TCP socket waits
