@@ -1204,9 +1204,10 @@ impl Connection {
             .is_ok_and(|link| self.send_cdc(&link, false).is_ok())
     }
 
-    /// Releases a connection whose handshake failed: the peer never wrote to it. If it got
-    /// as far as a token, the peer may hold its end: an abort tells it to let go.
-    pub(crate) fn abandon(&self) {
+    /// Releases a connection whose handshake failed, in the background: the socket falls
+    /// back to TCP now. If it got as far as a token, the peer may hold its end: an abort
+    /// tells it to let go.
+    pub(crate) fn abandon(self: &Arc<Self>) {
         let tell_peer = {
             let mut state = self.state.lock();
             let tell_peer = self.token() != 0 && !state.link_dead && !state.closing;
@@ -1214,10 +1215,12 @@ impl Connection {
             state.closing = true;
             tell_peer
         };
+        // The release waits for the abort: the peer may be gone, and the transport's retries
+        // take seconds.
         if tell_peer {
-            self.send_last_cdc();
+            self.post_last_cdc();
         }
-        self.release();
+        self.schedule_release();
     }
 
     /// Takes the connection off its link and releases its buffers. Process context.

@@ -74,7 +74,7 @@ impl CqHandler for CqEvents {
 ///
 /// # Invariants
 ///
-/// Every entry of `sinks` has a distinct, nonzero id.
+/// Every entry of `sinks.registered` has a distinct, nonzero id.
 #[pin_data]
 pub(crate) struct Poller {
     cq: Arc<Cq>,
@@ -84,10 +84,21 @@ pub(crate) struct Poller {
     busy: PollCounts,
     /// Busy polls that made their spinner yield the CPU to waiting tasks.
     busy_yields: Atomic<u64>,
-    /// Registered sinks by id (the top bits of their `wr_id`s). Taken in the NAPI poll and in
-    /// process context, hence with IRQs (and so bottom halves) off.
+    /// Taken in the NAPI poll and in process context, hence with IRQs (and so bottom halves)
+    /// off.
     #[pin]
-    sinks: SpinLockIrq<KVec<(u16, Arc<dyn CompletionSink>)>>,
+    sinks: SpinLockIrq<Sinks>,
+}
+
+/// The registered sinks of a poller.
+struct Sinks {
+    /// By id (the top bits of their `wr_id`s).
+    registered: KVec<(u16, Arc<dyn CompletionSink>)>,
+    /// The id handed out last. The next one is the first free id after it, so an id comes
+    /// back only after all others did: the flushed work requests of a torn-down link's queue
+    /// pair, which complete after its registration went, are dropped rather than handed to
+    /// the next link.
+    last_id: u16,
 }
 
 impl Poller {
@@ -111,7 +122,10 @@ impl Poller {
                 softirq: PollCounts::new(),
                 busy: PollCounts::new(),
                 busy_yields: Atomic::new(0),
-                sinks <- new_spinlock_irq!(KVec::new()),
+                sinks <- new_spinlock_irq!(Sinks {
+                    registered: KVec::new(),
+                    last_id: 0,
+                }),
             }? Error),
             GFP_KERNEL,
         )
@@ -173,11 +187,15 @@ impl Poller {
         sink: Arc<dyn CompletionSink>,
     ) -> Result<SinkRegistration> {
         let mut sinks = self.sinks.lock();
-        let id = (1..=u16::MAX)
-            .find(|id| !sinks.iter().any(|(taken, _)| taken == id))
+        let ids = u32::from(u16::MAX);
+        let id = (1..=ids)
+            // CAST: In 1..=u16::MAX.
+            .map(|step| ((u32::from(sinks.last_id) + step - 1) % ids + 1) as u16)
+            .find(|id| !sinks.registered.iter().any(|(taken, _)| taken == id))
             .ok_or(EBUSY)?;
         // INVARIANT: `id` is nonzero and not yet taken.
-        sinks.push((id, sink), GFP_ATOMIC)?;
+        sinks.registered.push((id, sink), GFP_ATOMIC)?;
+        sinks.last_id = id;
         Ok(SinkRegistration {
             poller: self.clone(),
             id,
@@ -191,6 +209,7 @@ impl Poller {
         let sink = self
             .sinks
             .lock()
+            .registered
             .iter()
             .find(|(sink_id, _)| u64::from(*sink_id) == id)
             .map(|(_, sink)| sink.clone());
@@ -289,9 +308,10 @@ impl Drop for SinkRegistration {
     fn drop(&mut self) {
         let mut sinks = self.poller.sinks.lock();
         let removed = sinks
+            .registered
             .iter()
             .position(|(id, _)| *id == self.id)
-            .and_then(|i| sinks.remove(i).ok());
+            .and_then(|i| sinks.registered.remove(i).ok());
         drop(sinks);
         // A poll that found the sink before it was removed may still be calling it.
         self.poller.events.napi.synchronize();
