@@ -905,6 +905,72 @@ TEST_F_TIMEOUT(rdma, concurrent_64, 180)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Short-lived connections                                                                    */
+
+/*
+ * Short-lived connections one after another, as requests each answered and done: the server
+ * closes as soon as it has answered, the client as soon as it has the answer, and connects
+ * again at once. Every one moves its data over RDMA. The link of one connection is torn down
+ * while the next is set up, and its queue pair's flushed work requests complete meanwhile;
+ * they once reached the next connection's new link, which failed its handshake (the client
+ * fell back to TCP, and the server's accept waited seconds for an abort to a queue pair that
+ * was gone).
+ */
+#define CHURN_CONNS 40
+
+struct churn_server {
+	struct __test_metadata *_metadata;
+	int lfd;
+	int rdma;	/* connections accepted in RDMA mode */
+};
+
+static void *churn_serve(void *arg)
+{
+	struct churn_server *srv = arg;
+	struct __test_metadata *_metadata = srv->_metadata;
+	char c;
+
+	for (int n = 0; n < CHURN_CONNS; n++) {
+		int fd = accept_within(_metadata, srv->lfd, 0);
+
+		EXPECT_EQ(1, read(fd, &c, 1)) TH_LOG("connection %d: %s", n, strerror(errno));
+		EXPECT_EQ(1, write(fd, &c, 1)) TH_LOG("connection %d: %s", n, strerror(errno));
+		if (expect_mode(_metadata, "server", fd, RSMC_MODE_RDMA, 0, 0, NULL))
+			srv->rdma++;
+		EXPECT_EQ(0, close(fd));
+	}
+	return NULL;
+}
+
+TEST_F_TIMEOUT(rdma, short_connections_in_a_row, 120)
+{
+	struct churn_server srv = { ._metadata = _metadata };
+	int rdma = 0;
+	uint16_t port;
+	pthread_t t;
+	char c;
+
+	srv.lfd = listen_in(_metadata, variant->topo, NS_SERVER, variant->topo->addr_b, true,
+			    &port);
+	ASSERT_EQ(0, pthread_create(&t, NULL, churn_serve, &srv));
+	for (int n = 0; n < CHURN_CONNS; n++) {
+		int fd = socket_in(_metadata, variant->topo, NS_CLIENT, true, 0);
+
+		ASSERT_EQ(0, connect_to(variant->topo, fd, variant->topo->addr_b, port))
+			TH_LOG("connection %d: %s", n, strerror(errno));
+		ASSERT_EQ(1, write(fd, "q", 1)) TH_LOG("connection %d: %s", n, strerror(errno));
+		ASSERT_EQ(1, read(fd, &c, 1)) TH_LOG("connection %d: %s", n, strerror(errno));
+		if (expect_mode(_metadata, "client", fd, RSMC_MODE_RDMA, 0, 0, NULL))
+			rdma++;
+		EXPECT_EQ(0, close(fd));
+	}
+	ASSERT_EQ(0, pthread_join(t, NULL));
+	EXPECT_EQ(0, close(srv.lfd));
+	EXPECT_EQ(CHURN_CONNS, rdma);
+	EXPECT_EQ(CHURN_CONNS, srv.rdma);
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* half-close                                                                                 */
 
 #define HALF_UP (1ULL << 20)
