@@ -41,10 +41,11 @@ check: deps
 demo: deps
 	@scripts/demo.sh $(KERNEL_FLAVOUR)
 
-# The same table with ten times the samples and a 16 KiB message run as well; then a 64 KiB
-# stream copied and with MSG_ZEROCOPY (throughput, sender CPU per GiB).
+# The same table with ten times the samples, and round trips on a new connection each; a
+# 16 KiB message run as well; then a 64 KiB stream copied and with MSG_ZEROCOPY (throughput,
+# sender CPU per GiB).
 bench: deps
-	@RSMC_DEMO_ITERS=20000 scripts/demo.sh $(KERNEL_FLAVOUR)
+	@RSMC_DEMO_ITERS=20000 RSMC_DEMO_CONNECT_ITERS=300 scripts/demo.sh $(KERNEL_FLAVOUR)
 	@RSMC_DEMO_ITERS=5000 RSMC_DEMO_SIZE=16384 scripts/demo.sh $(KERNEL_FLAVOUR)
 	@$(MAKE) -s -C tools
 	@qemu/run $(KERNEL_FLAVOUR) -- $(TOP)/tools/zc-bench-in-vm.sh

@@ -3,6 +3,8 @@
 # (client) and rsmc_b (server) over rsmc with busy polling off and on, in each wait mode,
 # next to TCP over the same veth, raw verbs (qperf rc_lat, waiting on / polling the CQ) over
 # the same rxe pair, and stock Linux SMC-R (smc.ko, SMC-Rv2). One run, so ratios are fair.
+# With RSMC_DEMO_CONNECT_ITERS set (`make bench`), also round trips on a new connection each
+# over rsmc, TCP and stock SMC-R: the cost of connection setup and teardown.
 #
 # The host's load drifts over a run (steal time under TCG), and where rxe's kworkers land, so
 # which spinner must give way to them, varies from one connection to the next: every path is
@@ -15,6 +17,8 @@ iters=${RSMC_DEMO_ITERS:-2000}
 size=${RSMC_DEMO_SIZE:-1}
 rounds=${RSMC_DEMO_ROUNDS:-3}
 round_iters=$(((iters + rounds - 1) / rounds))
+# Round trips on a new connection each (connect to close), per round and path; 0: none.
+connect_iters=${RSMC_DEMO_CONNECT_ITERS:-0}
 # Spin for longer than nearly every round trip: ~50 µs on hardware, but about a millisecond
 # under TCG, with a tail of several. A spinner that gives up first sleeps until the NAPI's
 # deferral timer polls (0.5 ms): 1000 µs here doubled the busy-poll p50.
@@ -49,7 +53,8 @@ set_defer() {
 }
 
 # measure LABEL FAMILY MODE BUSY [ARGS...]: one client run against a fresh server, both given
-# ARGS; appends a result line.
+# ARGS, the client also client_args; appends a result line.
+client_args=()
 measure() {
 	local label=$1 family=$2 mode=$3 busy=$4 busy_args=("${@:5}") sqpoll=0
 	[ "$busy" = 1 ] && busy_args+=(-b -B "$busy_usecs" --prefer)
@@ -62,7 +67,8 @@ measure() {
 	# NAPI counters.
 	if ip netns exec rsmc_a sh -c 'mount -t debugfs none /sys/kernel/debug 2>/dev/null; exec "$@"' sh \
 		"${on_client_cpu[@]}" "$pp" client -a 192.0.2.2 -f "$family" -p "$port" -m "$mode" \
-		-s "$size" -n "$round_iters" "${busy_args[@]}" --label "$label" >>"$results"; then :
+		-s "$size" -n "$round_iters" "${busy_args[@]}" "${client_args[@]}" --label "$label" \
+		>>"$results"; then :
 	else
 		echo "label=$label family=$family mode=$mode busy=$busy sqpoll=$sqpoll failed=1" >>"$results"
 	fi
@@ -81,11 +87,20 @@ qperf_rtt() {
 	}' <<<"$out" >>"$results"
 }
 
+# measure_connect LABEL FAMILY: round trips on a new connection each, if asked for.
+measure_connect() {
+	[ "$connect_iters" -gt 0 ] || return 0
+	client_args=(--reconnect -n "$connect_iters" -w 10)
+	measure "$1" "$2" recv 0
+	client_args=()
+}
+
 # Stock SMC-R owns AF_SMC only while rsmc is unloaded.
 measure_smc_r() {
 	if rmmod rsmc && insmod "$RSMC_KDIR/net/smc/smc.ko" && out/smc_ueid RSMC-DEMO; then
 		measure smc-r smc recv 0
 		measure smc-r smc epoll 0
+		measure_connect smc-r smc
 	else
 		echo "label=smc-r family=smc mode=recv busy=0 failed=1" >>"$results"
 	fi
@@ -112,6 +127,8 @@ for round in $(seq "$rounds"); do
 	sysctl -qw net.core.busy_poll=0
 	measure tcp tcp recv 0
 	measure tcp tcp epoll 0
+	measure_connect rsmc smc
+	measure_connect tcp tcp
 	qperf_rtt 0 cq_wait
 	qperf_rtt 1 cq_poll
 	measure_smc_r
@@ -142,6 +159,7 @@ function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
 	delete f
 	for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
 	if (f["sqpoll"] == 1) f["mode"] = f["mode"] "+sqpoll"
+	if (f["reconnect"] == 1) f["mode"] = "connect"
 	key = f["label"] " " f["mode"] " " f["busy"]
 	if (!(key in count)) { count[key] = 0; order[++n] = key }
 	if (f["failed"]) next
@@ -176,6 +194,13 @@ END {
 		smcr = p50["smc-r " m " 0"]; if (smcr == "") smcr = p50["smc-r recv 0"]
 		printf "%-15s %9s %9s %9s\n", m, ratio(busy, p50["rsmc " off " 0"]), ratio(busy, smcr),
 			ratio(busy, p50["verbs cq_poll -"])
+	}
+	if (("rsmc connect 0") in p50) {
+		print ""
+		print "connect: one round trip on a new connection, from socket() to close(); its p50"
+		printf "on rsmc as a fraction of stock SMC-R: %s, of TCP: %s\n",
+			ratio(p50["rsmc connect 0"], p50["smc-r connect 0"]),
+			ratio(p50["rsmc connect 0"], p50["tcp connect 0"])
 	}
 }' "$results"
 ! grep -q 'failed=1' "$results"

@@ -11,7 +11,7 @@
  *   pingpong client -a ADDR [-f smc|smc6|tcp|tcp6] [-p PORT] [-s SIZE]
  *                   [-n ITERS] [-w WARMUP] [-m MODE] [-b] [-B USEC]
  *                   [--prefer] [--budget N] [--sqpoll] [--label TEXT]
- *                   [--nodelay|--no-nodelay] [--timeout SEC]
+ *                   [--nodelay|--no-nodelay] [--timeout SEC] [--reconnect]
  *
  *   -f FAMILY  smc  = socket(AF_SMC, SOCK_STREAM, 0), IPv4 address (default)
  *              smc6 = socket(AF_SMC, SOCK_STREAM, 1), IPv6 address
@@ -48,6 +48,9 @@
  *              its wait. A wait that polls (no --sqpoll) ends its spin as soon as
  *              another task needs the CPU, and then sleeps until something else
  *              reaps the completion; the SQPOLL thread gives way and spins on.
+ *   --reconnect  client: every round trip on a connection of its own: connect, the
+ *              size header, one message each way, close; its time covers all of it
+ *              (connection setup and teardown as a short request sees them)
  *   -s SIZE    message size in bytes, 1..16384 (default 1)
  *   -n ITERS   timed round trips (default 10000)
  *   -w WARMUP  untimed warm-up round trips (default 1000)
@@ -67,7 +70,7 @@
  * Client output (one line on stdout, key=value, space separated):
  *   label=L family=F mode=M busy=0|1 size=S iters=N p50_us=.. p99_us=..
  *   mean_us=.. min_us=.. napi_id=ID max_us=.. p90_us=.. p999_us=..
- *   busy_usec=USEC prefer=0|1 budget=N warmup=W sqpoll=0|1
+ *   busy_usec=USEC prefer=0|1 budget=N warmup=W sqpoll=0|1 reconnect=0|1
  * RTTs are measured per round trip with clock_gettime(CLOCK_MONOTONIC).
  * napi_id is getsockopt(SO_INCOMING_NAPI_ID) on the client socket after the
  * run (0 if none or unsupported). budget=0 means "not set".
@@ -143,6 +146,7 @@ struct cfg {
 	int prefer;
 	int budget; /* 0 = not set */
 	int sqpoll;
+	int reconnect;
 	int nodelay;
 	unsigned int size;
 	long iters;
@@ -189,7 +193,7 @@ static void __attribute__((noreturn)) usage(int code)
 "  %1$s client -a ADDR [-f smc|smc6|tcp|tcp6] [-p PORT] [-s SIZE] [-n ITERS]\n"
 "                   [-w WARMUP] [-m MODE] [-b] [-B USEC] [--prefer] [--budget N]\n"
 "                   [--sqpoll] [--label TEXT] [--nodelay|--no-nodelay]\n"
-"                   [--timeout SEC]\n"
+"                   [--timeout SEC] [--reconnect]\n"
 "\n"
 "  -f FAMILY   smc  AF_SMC proto 0, IPv4 address (default)\n"
 "              smc6 AF_SMC proto 1, IPv6 address\n"
@@ -212,6 +216,8 @@ static void __attribute__((noreturn)) usage(int code)
 "  --budget N  SO_BUSY_POLL_BUDGET=N (+ epoll budget); implies -b\n"
 "  --sqpoll    io_uring: an SQPOLL ring; its thread, on our first CPU, submits\n"
 "              and (with -b) busy polls the NAPIs while we sleep in the wait\n"
+"  --reconnect client: each round trip on a new connection (connect, header,\n"
+"              one message each way, close), all of it timed\n"
 "  -s SIZE     message size 1..%3$d bytes (default 1)\n"
 "  -n ITERS    timed round trips (default 10000)\n"
 "  -w WARMUP   untimed warm-up round trips (default 1000)\n"
@@ -224,7 +230,7 @@ static void __attribute__((noreturn)) usage(int code)
 "The client prints one line:\n"
 "  label=L family=F mode=M busy=0|1 size=S iters=N p50_us=X p99_us=X mean_us=X\n"
 "  min_us=X napi_id=ID max_us=X p90_us=X p999_us=X busy_usec=U prefer=0|1\n"
-"  budget=N warmup=W sqpoll=0|1\n"
+"  budget=N warmup=W sqpoll=0|1 reconnect=0|1\n"
 "napi_id = SO_INCOMING_NAPI_ID of the client socket after the run (0 = none).\n"
 "On rsmc, with " RSMC_DEVICES_FILE " readable, then the client device's NAPI\n"
 "counters over the timed round trips: cq_events=N softirq_polls=N\n"
@@ -262,7 +268,7 @@ static int lookup(const char *s, const char *const *names, int n)
 static void parse_args(int argc, char **argv)
 {
 	enum { O_PREFER = 256, O_BUDGET, O_LABEL, O_NODELAY, O_NO_NODELAY,
-	       O_TIMEOUT, O_SQPOLL };
+	       O_TIMEOUT, O_SQPOLL, O_RECONNECT };
 	static const struct option longopts[] = {
 		{ "addr", required_argument, NULL, 'a' },
 		{ "family", required_argument, NULL, 'f' },
@@ -276,6 +282,7 @@ static void parse_args(int argc, char **argv)
 		{ "prefer", no_argument, NULL, O_PREFER },
 		{ "budget", required_argument, NULL, O_BUDGET },
 		{ "sqpoll", no_argument, NULL, O_SQPOLL },
+		{ "reconnect", no_argument, NULL, O_RECONNECT },
 		{ "label", required_argument, NULL, O_LABEL },
 		{ "nodelay", no_argument, NULL, O_NODELAY },
 		{ "no-nodelay", no_argument, NULL, O_NO_NODELAY },
@@ -352,6 +359,9 @@ static void parse_args(int argc, char **argv)
 		case O_SQPOLL:
 			cfg.sqpoll = 1;
 			break;
+		case O_RECONNECT:
+			cfg.reconnect = 1;
+			break;
 		case O_LABEL:
 			cfg.label = optarg;
 			break;
@@ -376,6 +386,10 @@ static void parse_args(int argc, char **argv)
 	}
 	if (!cfg.server && !cfg.addr) {
 		err("client needs -a ADDR");
+		exit(1);
+	}
+	if (cfg.reconnect && cfg.server) {
+		err("--reconnect is for the client");
 		exit(1);
 	}
 	if (cfg.sqpoll && cfg.mode != MODE_URING) {
@@ -947,6 +961,35 @@ static void print_label(const char *s)
 			*s == '=' ? '_' : *s);
 }
 
+/* A connected client socket, attached to the waiter, the size header sent; -1 on failure. */
+static int open_conn(struct waiter *w, const struct sockaddr_storage *ss, socklen_t sslen,
+		     const char *a)
+{
+	uint32_t hdr = htonl(cfg.size);
+	int fd = make_socket(), r;
+
+	if (fd < 0)
+		return -1;
+	if (setup_conn_socket(fd))
+		goto fail;
+	if (connect(fd, (const struct sockaddr *)ss, sslen) < 0) {
+		err("connect(%s, %s): %s", a, family_names[cfg.family], strerror(errno));
+		goto fail;
+	}
+	if (waiter_attach(w, fd))
+		goto fail;
+	r = send_full(fd, &hdr, sizeof(hdr));
+	if (r < 0) {
+		err("send(size header): %s", strerror(-r));
+		waiter_detach(w);
+		goto fail;
+	}
+	return fd;
+fail:
+	close(fd);
+	return -1;
+}
+
 static int run_client(void)
 {
 	static unsigned char sbuf[MAX_SIZE], rbuf[MAX_SIZE];
@@ -954,7 +997,7 @@ static int run_client(void)
 	socklen_t sslen;
 	struct waiter w;
 	uint64_t *rtt, sum = 0;
-	uint32_t hdr;
+	unsigned int napi_id = 0;
 	long total = cfg.warmup + cfg.iters;
 	struct rsmc_device_stats before, after;
 	int fd, r, have_counters = 0;
@@ -977,39 +1020,36 @@ static int run_client(void)
 	warn_poll_sysctl();
 	if (waiter_init_ring(&w))
 		return 1;
-	fd = make_socket();
-	if (fd < 0)
+	fd = cfg.reconnect ? -1 : open_conn(&w, &ss, sslen, a);
+	if (!cfg.reconnect && fd < 0)
 		return 1;
-	if (setup_conn_socket(fd))
-		return 1;
-	if (connect(fd, (struct sockaddr *)&ss, sslen) < 0) {
-		err("connect(%s, %s): %s", a, family_names[cfg.family],
-		    strerror(errno));
-		return 1;
-	}
-	if (waiter_attach(&w, fd))
-		return 1;
-	hdr = htonl(cfg.size);
-	r = send_full(fd, &hdr, sizeof(hdr));
-	if (r < 0) {
-		err("send(size header): %s", strerror(-r));
-		return 1;
-	}
 
 	for (long i = 0; i < total; i++) {
 		uint64_t t0, t1;
 		size_t got;
 
+		/* With --reconnect, the NAPI the connections before this one used. */
 		if (i == cfg.warmup)
-			have_counters = !rsmc_device_find(NULL, napi_id_of(fd), &before);
+			have_counters = !rsmc_device_find(NULL, cfg.reconnect ? napi_id :
+							  napi_id_of(fd), &before);
 		fill_pattern(sbuf, cfg.size, (uint64_t)i);
 		t0 = now_ns();
+		if (cfg.reconnect) {
+			fd = open_conn(&w, &ss, sslen, a);
+			if (fd < 0)
+				return 1;
+		}
 		r = send_full(fd, sbuf, cfg.size);
 		if (r < 0) {
 			err("send (iteration %ld): %s", i, strerror(-r));
 			return 1;
 		}
 		r = recv_full(&w, rbuf, cfg.size, &got);
+		if (cfg.reconnect) {
+			napi_id = napi_id_of(fd);
+			waiter_detach(&w);
+			close(fd);
+		}
 		t1 = now_ns();
 		if (r <= 0) {
 			err("recv (iteration %ld, got %zu/%u bytes): %s", i,
@@ -1034,12 +1074,14 @@ static int run_client(void)
 	if (cfg.timeout)
 		alarm(0);
 
-	unsigned int napi_id = napi_id_of(fd);
-
+	if (!cfg.reconnect)
+		napi_id = napi_id_of(fd);
 	have_counters = have_counters && !rsmc_device_find(NULL, napi_id, &after);
 
-	waiter_detach(&w);
-	close(fd);
+	if (!cfg.reconnect) {
+		waiter_detach(&w);
+		close(fd);
+	}
 	if (w.have_ring)
 		io_uring_queue_exit(&w.ring);
 
@@ -1049,14 +1091,14 @@ static int run_client(void)
 	printf(" family=%s mode=%s busy=%d size=%u iters=%ld "
 	       "p50_us=%.2f p99_us=%.2f mean_us=%.2f min_us=%.2f napi_id=%u "
 	       "max_us=%.2f p90_us=%.2f p999_us=%.2f busy_usec=%u prefer=%d "
-	       "budget=%d warmup=%ld sqpoll=%d",
+	       "budget=%d warmup=%ld sqpoll=%d reconnect=%d",
 	       family_names[cfg.family],
 	       mode_names[cfg.mode], cfg.busy, cfg.size, cfg.iters,
 	       pct_us(rtt, cfg.iters, 0.50), pct_us(rtt, cfg.iters, 0.99),
 	       (double)sum / cfg.iters / 1000.0, rtt[0] / 1000.0, napi_id,
 	       rtt[cfg.iters - 1] / 1000.0, pct_us(rtt, cfg.iters, 0.90),
 	       pct_us(rtt, cfg.iters, 0.999), cfg.busy ? cfg.busy_usec : 0,
-	       cfg.prefer, cfg.budget, cfg.warmup, cfg.sqpoll);
+	       cfg.prefer, cfg.budget, cfg.warmup, cfg.sqpoll, cfg.reconnect);
 	if (have_counters)
 		printf(" cq_events=%llu softirq_polls=%llu softirq_completions=%llu busy_polls=%llu "
 		       "busy_completions=%llu busy_yields=%llu",
