@@ -348,6 +348,7 @@ fn client_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Outcome {
             Ok(Message::Decline(peer))
                 if peer.code == DeclineCode::NOCLNTLINK && offer == Offer::Reused =>
             {
+                link.retire();
                 conn.leave_link();
                 link = match join_new_link(conn) {
                     Ok(link) => link,

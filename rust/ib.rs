@@ -185,6 +185,23 @@ impl Device {
             .cloned()
     }
 
+    /// Tears down one idle link (see [`crate::link::linger`]), if the device has one; whether
+    /// it had.
+    pub(crate) fn end_an_idle_link(&self) -> bool {
+        self.listed_links()
+            .is_ok_and(|links| links.iter().any(|link| link.end_if_idle()))
+    }
+
+    /// The device's links now, to call into unlocked (a link's teardown unlists it).
+    fn listed_links(&self) -> Result<KVec<Arc<Link>>> {
+        let links = self.links.lock();
+        let mut listed = KVec::with_capacity(links.list.len(), GFP_KERNEL)?;
+        for link in links.list.iter() {
+            listed.push(link.clone(), GFP_KERNEL)?;
+        }
+        Ok(listed)
+    }
+
     /// The device's links, with how many connections each has and how many cursor messages
     /// it dropped.
     fn link_stats(&self) -> (usize, usize, u64) {
@@ -339,6 +356,16 @@ pub(crate) fn register() -> Result<DeviceTracking> {
     Ok(DeviceTracking {
         client: Some(ClientRegistration::new::<RsmcClient>()?),
     })
+}
+
+/// Calls `f` on every link of every device rsmc tracks. Process context.
+pub(crate) fn for_each_link(f: impl Fn(&Arc<Link>)) {
+    let devices = DEVICES.lock();
+    for device in devices.iter() {
+        if let Ok(links) = device.listed_links() {
+            links.iter().for_each(&f);
+        }
+    }
 }
 
 /// The device named `name`, if rsmc tracks it.

@@ -10,8 +10,10 @@
 //! messages to the connection whose token they carry; a message for an unknown token is
 //! dropped and counted (a connection that closed meanwhile).
 //!
-//! A link lives while connections are on it; the last one to leave tears it down. A failed
-//! work request means the peer's end is gone: every connection on the link fails.
+//! A link lives while connections are on it, and lingers once the last one left (idle, for
+//! [`linger`], as stock SMC keeps a link group), so that the next connection to the same peer
+//! finds it set up; then it is torn down. A failed work request means the peer's end is gone:
+//! every connection on the link fails, and the link goes with the last of them.
 
 use crate::{
     connection::Connection,
@@ -21,6 +23,7 @@ use crate::{
             Access, DmaBuffer, DmaDirection, Mr, PinnedMemory, PinnedPages, Qp, RemoteQp, Sge,
             WcStatus, WorkCompletion,
         },
+        workqueue,
     },
     ib::Device,
     poller::{CompletionSink, SinkRegistration, CQ_ENTRIES},
@@ -31,9 +34,16 @@ use kernel::{
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
-        new_spinlock_irq, Arc, Mutex, SpinLockIrq,
+        new_spinlock_irq, Arc, ArcBorrow, Mutex, SpinLockIrq,
     },
-    time::{Instant, Monotonic},
+    time::{
+        hrtimer::{
+            ArcHrTimerHandle, HrTimer, HrTimerCallback, HrTimerCallbackContext, HrTimerPointer,
+            HrTimerRestart, RelativeMode,
+        },
+        Delta, Instant, Monotonic,
+    },
+    workqueue::{impl_has_work, new_work, Work, WorkItem},
 };
 
 /// Send work requests in flight on a link, shared by its connections.
@@ -53,6 +63,22 @@ const CREDITS_TO_WAKE: u32 = SQ_DEPTH / 8;
 /// How long a removed device's connections wait, together, for their aborts to leave, in
 /// milliseconds.
 const ABORT_WAIT_MS: u32 = 200;
+
+/// How long an idle link stays for the next connection, in milliseconds: see [`linger`].
+static LINGER_MS: Atomic<u32> = Atomic::new(60_000);
+
+/// How long a link stays once its last connection left (debugfs `rsmc/link_linger_ms`);
+/// zero tears it down at once.
+pub(crate) fn linger() -> Delta {
+    Delta::from_millis(LINGER_MS.load(Relaxed).into())
+}
+
+/// Sets [`linger`], in milliseconds, for links idle now too: those idle for longer already
+/// go at once.
+pub(crate) fn set_linger(ms: u32) {
+    LINGER_MS.store(ms, Relaxed);
+    crate::ib::for_each_link(|link| link.linger_changed());
+}
 
 /// A `wr_id`'s kind, in bits 44..48 (the poller keeps bits 0..48 for us).
 const KIND_SHIFT: u32 = 44;
@@ -108,6 +134,8 @@ struct LinkState {
     dead: bool,
     /// Torn down (once).
     torn_down: bool,
+    /// Since when the link has had no connection, while it lingers.
+    idle_since: Option<Instant<Monotonic>>,
     /// A connection waits for send credits.
     credit_waiters: bool,
 }
@@ -133,15 +161,35 @@ pub(crate) struct Link {
     dropped: Atomic<u64>,
     /// Keeps the device registered, and its NAPI enabled, while the queue pair lives.
     device: Arc<Device>,
+    /// Ends the lingering of an idle link (see [`Link::linger_ended`]).
+    #[pin]
+    linger_timer: HrTimer<Link>,
+    #[pin]
+    linger_work: Work<Link>,
+    /// The running `linger_timer`, if any. Its handle holds a reference to the link (a cycle
+    /// until teardown, which cancels it); the mutex orders cancelling and restarting it.
+    #[pin]
+    linger_handle: Mutex<Option<ArcHrTimerHandle<Link>>>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for Link { self.linger_work }
+}
+
+kernel::impl_has_hr_timer! {
+    impl HasHrTimer<Self> for Link {
+        mode: RelativeMode<Monotonic>, field: self.linger_timer
+    }
 }
 
 impl Link {
     /// A new link on `device` (whose port has `gid`), its queue pair in INIT with receives
-    /// posted, listed on the device; it goes when its last connection leaves, or with
-    /// [`Link::discard`] if none ever joined.
+    /// posted, listed on the device; it goes after its last connection left (see [`linger`]),
+    /// or with [`Link::discard`] if none ever joined.
     pub(crate) fn new(device: Arc<Device>, gid: RoceGid) -> Result<Arc<Self>> {
-        // Checked again, under the device's lock, when the link is listed.
-        if device.links() >= MAX_LINKS {
+        // Checked again, under the device's lock, when the link is listed. An idle link makes
+        // way for a new one.
+        if device.links() >= MAX_LINKS && !device.end_an_idle_link() {
             return Err(EBUSY);
         }
         let dev = device.registered();
@@ -170,12 +218,16 @@ impl Link {
                     peer: None,
                     dead: false,
                     torn_down: false,
+                    idle_since: None,
                     credit_waiters: false,
                 }),
                 registration <- new_mutex!(None),
                 wr_base: Atomic::new(0),
                 dropped: Atomic::new(0),
                 device,
+                linger_timer <- HrTimer::new(),
+                linger_work <- new_work!("Link::linger_work"),
+                linger_handle <- new_mutex!(None),
             }? Error),
             GFP_KERNEL,
         )?;
@@ -235,7 +287,14 @@ impl Link {
             return Err(ENOLINK);
         }
         state.conns.push(conn, GFP_ATOMIC)?;
+        state.idle_since = None;
         Ok(())
+    }
+
+    /// No connection may join any more (the peer no longer has its end); the link goes when
+    /// its last connection leaves.
+    pub(crate) fn retire(&self) {
+        self.state.lock().dead = true;
     }
 
     /// A token no connection on the link has (the server's side hands them out).
@@ -259,24 +318,81 @@ impl Link {
             .any(|other| other.token() == token && !core::ptr::eq(&**other, conn))
     }
 
-    /// Takes `conn` off the link, waits until no poll still uses it, and tears the link down
-    /// if it was the last. Process context.
-    pub(crate) fn leave(&self, conn: &Connection) {
-        let last = {
+    /// Takes `conn` off the link and waits until no poll still uses it. If it was the last,
+    /// the link lingers (see [`linger`]), or goes now if it is dead or lingering is off.
+    /// Process context.
+    pub(crate) fn leave(self: &Arc<Self>, conn: &Connection) {
+        let linger = linger();
+        let (last, dead) = {
             let mut state = self.state.lock();
             state.conns.retain(|listed| !core::ptr::eq(&**listed, conn));
             // Decided under the lock that `join` takes: a connection joining now must not
             // land on a link about to be torn down.
             let last = state.conns.is_empty();
-            state.dead |= last;
-            last
+            if last {
+                state.dead |= linger.is_zero();
+                state.idle_since = Some(Instant::now());
+            }
+            (last, state.dead)
         };
         // A completion handler may hold its own reference to the connection: let it finish,
         // so that the last reference goes in process context.
         self.device.poller().synchronize();
-        if last {
+        match (last, dead) {
+            (true, true) => self.teardown(),
+            (true, false) => self.start_linger(linger),
+            (false, _) => (),
+        }
+    }
+
+    /// (Re)starts the linger timer to fire after `delay`.
+    fn start_linger(self: &Arc<Self>, delay: Delta) {
+        let mut handle = self.linger_handle.lock();
+        // Cancelled before the timer is started again: a handle's drop cancels the timer.
+        drop(handle.take());
+        if self.state.lock().torn_down {
+            return;
+        }
+        *handle = Some(self.clone().start(delay));
+    }
+
+    /// [`linger`] changed: an idle link's timer restarts for what is left of the new time.
+    fn linger_changed(self: &Arc<Self>) {
+        let idle_since = self.state.lock().idle_since;
+        if let Some(since) = idle_since {
+            let left = linger().as_nanos() - since.elapsed().as_nanos();
+            self.start_linger(Delta::from_nanos(left.max(0)));
+        }
+    }
+
+    /// The linger timer fired: a link still idle for all of [`linger`] goes. Process context.
+    fn linger_ended(&self) {
+        let end = {
+            let mut state = self.state.lock();
+            let idle_long = state
+                .idle_since
+                .is_some_and(|since| since.elapsed() >= linger());
+            let end = state.conns.is_empty() && idle_long;
+            state.dead |= end;
+            end
+        };
+        if end {
             self.teardown();
         }
+    }
+
+    /// Tears the link down if it is idle; whether it was.
+    pub(crate) fn end_if_idle(&self) -> bool {
+        let idle = {
+            let mut state = self.state.lock();
+            let idle = state.conns.is_empty() && state.idle_since.is_some() && !state.dead;
+            state.dead |= idle;
+            idle
+        };
+        if idle {
+            self.teardown();
+        }
+        idle
     }
 
     /// Tears down a link no connection joined (or, on error, one that lost its last).
@@ -296,6 +412,8 @@ impl Link {
         // Waits for a poll that may still be handing us a completion; drops the poller's
         // reference to the link.
         drop(self.registration.lock().take());
+        // Cancels the linger timer, dropping its reference to the link.
+        drop(self.linger_handle.lock().take());
     }
 
     /// Takes `n` send credits; without them, notes that a connection waits (it gets
@@ -528,7 +646,7 @@ impl Link {
     /// closes its UDP sockets before its clients are removed, so no acknowledgement comes
     /// back and waiting out the transport retries per connection took seconds each. Moving
     /// the queue pair to the error state then flushes what is still outstanding.
-    pub(crate) fn device_removed(&self) {
+    pub(crate) fn device_removed(self: &Arc<Self>) {
         self.state.lock().dead = true;
         self.for_each_conn(|conn| conn.device_removed());
         let start = Instant::<Monotonic>::now();
@@ -539,14 +657,13 @@ impl Link {
         // A failure leaves the queue pair as it was: the releases below then wait for the
         // retries instead.
         let _ = self.qp.modify_to_error();
-        loop {
-            let Some(conn) = self.state.lock().conns.first().cloned() else {
-                return;
-            };
+        while let Some(conn) = self.state.lock().conns.first().cloned() {
             conn.release();
             // Whatever happened inside, the connection must be off the link now.
             self.leave(&conn);
         }
+        // A link that had no connection lingered.
+        self.teardown();
     }
 
     fn received(&self, wc: &WorkCompletion, slot: u32) {
@@ -608,5 +725,23 @@ impl CompletionSink for Link {
         if !ok {
             self.work_failed(wc);
         }
+    }
+}
+
+impl WorkItem for Link {
+    type Pointer = Arc<Link>;
+
+    fn run(this: Arc<Link>) {
+        this.linger_ended();
+    }
+}
+
+impl HrTimerCallback for Link {
+    type Pointer<'a> = Arc<Link>;
+
+    /// `linger_timer` fired: the teardown sleeps, so it runs in a work item.
+    fn run(this: ArcBorrow<'_, Self>, _ctx: HrTimerCallbackContext<'_, Self>) -> HrTimerRestart {
+        let _ = workqueue::queue().enqueue(Arc::from(this));
+        HrTimerRestart::NoRestart
     }
 }

@@ -499,9 +499,12 @@ TEST_F_TIMEOUT(rdma, shared_link, 120)
 {
 	int cfd[SHARED_CONNS], sfd[SHARED_CONNS];
 	uint8_t byte = 0x5a, got;
-	long n[4] = { 0 };
+	long n[4] = { 0 }, linger;
 
-	/* Earlier tests' connections are gone once both of their ends closed. */
+	/* Earlier tests' connections are gone once both of their ends closed; with lingering
+	 * off, so are their links. */
+	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
+	ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, 0)) TH_LOG("%s", strerror(errno));
 	ASSERT_TRUE(links_settle(0, 0, n))
 		TH_LOG("left over: rxe_a %ld links %ld conns, rxe_b %ld links %ld conns", n[0],
 		       n[1], n[2], n[3]);
@@ -530,6 +533,59 @@ TEST_F_TIMEOUT(rdma, shared_link, 120)
 	EXPECT_TRUE(links_settle(0, 0, n))
 		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns after all closed", n[0],
 		       n[1], n[2], n[3]);
+	EXPECT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
+}
+
+/*
+ * A link stays a while once its last connection left (debugfs link_linger_ms), and the next
+ * connection between the same devices takes it rather than setting up a new one; then it goes.
+ */
+#define LINGER_MS 4000
+
+TEST_F_TIMEOUT(rdma, idle_link_lingers, 120)
+{
+	long n[4] = { 0 }, linger;
+	double idle_from;
+	uint8_t byte = 0x5a;
+	int cfd, sfd;
+
+	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
+	/* Earlier tests' idle links go at once. */
+	ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, 0)) TH_LOG("%s", strerror(errno));
+	ASSERT_TRUE(links_settle(0, 0, n))
+		TH_LOG("left over: rxe_a %ld links %ld conns, rxe_b %ld links %ld conns", n[0],
+		       n[1], n[2], n[3]);
+	ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, LINGER_MS));
+
+	smc_pair(_metadata, variant->topo, &cfd, &sfd);
+	ASSERT_EQ(1, write_all(cfd, &byte, 1));
+	ASSERT_EQ(1, read_all(sfd, &byte, 1));
+	EXPECT_EQ(0, close(cfd));
+	EXPECT_EQ(0, close(sfd));
+	EXPECT_TRUE(links_settle(1, 0, n))
+		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns after both closed", n[0],
+		       n[1], n[2], n[3]);
+	idle_from = now_ms();
+
+	/* The next connection takes the idle link: one link, not two. */
+	smc_pair(_metadata, variant->topo, &cfd, &sfd);
+	EXPECT_TRUE(expect_mode(_metadata, "client", cfd, RSMC_MODE_RDMA, 0, 0, NULL));
+	EXPECT_TRUE(links_settle(1, 1, n))
+		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns with a new connection",
+		       n[0], n[1], n[2], n[3]);
+	EXPECT_GT(LINGER_MS, now_ms() - idle_from) TH_LOG("too slow to see the link reused");
+	EXPECT_EQ(0, close(cfd));
+	EXPECT_EQ(0, close(sfd));
+
+	/* Idle again, it goes after LINGER_MS (links_settle waits up to 10 s). */
+	EXPECT_TRUE(links_settle(1, 0, n));
+	idle_from = now_ms();
+	EXPECT_TRUE(links_settle(0, 0, n))
+		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns after lingering", n[0],
+		       n[1], n[2], n[3]);
+	EXPECT_LT(LINGER_MS / 2, now_ms() - idle_from) TH_LOG("the idle link went after %.0f ms",
+							      now_ms() - idle_from);
+	EXPECT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
 }
 
 /* ---------------------------------------------------------------------------------------- */

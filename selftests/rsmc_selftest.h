@@ -132,6 +132,9 @@ static inline int rsmc_write_long(const char *path, long val)
 	return rsmc_write_file(path, text);
 }
 
+/* How long an idle link stays once its last connection left, in ms (written: applies at once). */
+#define RSMC_LINK_LINGER_FILE "/sys/kernel/debug/rsmc/link_linger_ms"
+
 #define RSMC_NAPI_DEFER_FILE "/sys/kernel/debug/rsmc/napi_defer"
 
 /*
