@@ -657,13 +657,19 @@ impl Link {
         // A failure leaves the queue pair as it was: the releases below then wait for the
         // retries instead.
         let _ = self.qp.modify_to_error();
-        while let Some(conn) = self.state.lock().conns.first().cloned() {
+        while let Some(conn) = self.first_conn() {
             conn.release();
             // Whatever happened inside, the connection must be off the link now.
             self.leave(&conn);
         }
         // A link that had no connection lingered.
         self.teardown();
+    }
+
+    /// A connection on the link, if any. The lock is dropped on return, so that the caller
+    /// may take it again (the guard of a `while let` scrutinee would live through the body).
+    fn first_conn(&self) -> Option<Arc<Connection>> {
+        self.state.lock().conns.first().cloned()
     }
 
     fn received(&self, wc: &WorkCompletion, slot: u32) {
