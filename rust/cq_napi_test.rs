@@ -7,6 +7,9 @@
 //! the tests build queue pairs on their PDs and CQs, register a completion sink on each
 //! poller, and never poll a CQ themselves.
 //!
+//! A queue pair's flushed work requests may complete after its sink's registration went; they
+//! must not reach a sink registered meanwhile (as a link torn down and the next link set up).
+//!
 //! As in `rsmc_verbs`, a failed assertion ends a test without running destructors, so the RDMA
 //! work happens in a helper that releases everything (queue pairs first, then the sinks'
 //! registrations) before returning what it observed, and the test asserts after.
@@ -256,6 +259,45 @@ mod tests {
             recv_wr_ids,
             message,
         })
+    }
+
+    /// Receives a queue pair has posted when its sink's registration goes, and a new sink is
+    /// registered; then the queue pair is destroyed, flushing them. Returns how many of them
+    /// the device reaped, and how many reached the new sink.
+    fn flush_after_next_registration() -> Result<(u64, usize)> {
+        let mut old = Host::new("rxe_a", [192, 0, 2, 1])?;
+        let inbox = old.buffer(MESSAGE.len(), DmaDirection::FromDevice)?;
+        let lkey = old.device.pd().local_dma_lkey();
+        old.qp.modify_to_init(old.gid.port, Access::LOCAL_WRITE)?;
+        for slot in 0..QUEUE_DEPTH {
+            let wr_id = old.registration.wr_id(WR_RECV + u64::from(slot));
+            old.qp
+                .post_recv(wr_id, &inbox.sge(0, MESSAGE.len(), lkey)?)?;
+        }
+        let Host {
+            qp,
+            registration,
+            device,
+            ..
+        } = old;
+        drop(registration);
+        let next = RecordingSink::new()?;
+        let next_registration = device.poller().register_sink(next.clone())?;
+        let before = device.poller().completions();
+        drop(qp);
+        let all = u64::from(QUEUE_DEPTH);
+        wait_for(|| device.poller().completions() - before >= all);
+        let reaped = device.poller().completions() - before;
+        drop(next_registration);
+        Ok((reaped, next.count()))
+    }
+
+    #[test]
+    fn flushed_work_skips_the_next_sink() -> Result {
+        let (reaped, misdelivered) = flush_after_next_registration()?;
+        assert!(reaped >= u64::from(QUEUE_DEPTH));
+        assert_eq!(misdelivered, 0);
+        Ok(())
     }
 
     #[test]
