@@ -971,59 +971,112 @@ TEST_F_TIMEOUT(rdma, concurrent_64, 180)
  * they once reached the next connection's new link, which failed its handshake (the client
  * fell back to TCP, and the server's accept waited seconds for an abort to a queue pair that
  * was gone).
+ *
+ * A client and a server thread run each such sequence. The threads only use EXPECT (an
+ * ASSERT would jump out of the test's own thread) and stop at the first failure.
  */
-#define CHURN_CONNS 40
-
-struct churn_server {
+struct churn {
 	struct __test_metadata *_metadata;
+	const struct topo *topo;
 	int lfd;
-	int rdma;	/* connections accepted in RDMA mode */
+	uint16_t port;
+	int conns;
+	int rdma_client;	/* connections made in RDMA mode */
+	int rdma_server;	/* connections accepted in RDMA mode */
 };
 
 static void *churn_serve(void *arg)
 {
-	struct churn_server *srv = arg;
-	struct __test_metadata *_metadata = srv->_metadata;
-	char c;
+	struct churn *c = arg;
+	struct __test_metadata *_metadata = c->_metadata;
+	struct pollfd pfd = { .fd = c->lfd, .events = POLLIN };
+	char ch;
 
-	for (int n = 0; n < CHURN_CONNS; n++) {
-		int fd = accept_within(_metadata, srv->lfd, 0);
+	for (int n = 0; n < c->conns; n++) {
+		int fd = poll(&pfd, 1, EVENT_WAIT_MS) == 1 ? accept(c->lfd, NULL, NULL) : -1;
+		bool ok;
 
-		EXPECT_EQ(1, read(fd, &c, 1)) TH_LOG("connection %d: %s", n, strerror(errno));
-		EXPECT_EQ(1, write(fd, &c, 1)) TH_LOG("connection %d: %s", n, strerror(errno));
-		if (expect_mode(_metadata, "server", fd, RSMC_MODE_RDMA, 0, 0, NULL))
-			srv->rdma++;
+		EXPECT_LE(0, fd) TH_LOG("server: no connection %d: %s", n, strerror(errno));
+		if (fd < 0)
+			break;
+		ok = read(fd, &ch, 1) == 1 && write(fd, &ch, 1) == 1;
+		EXPECT_TRUE(ok) TH_LOG("server: connection %d: %s", n, strerror(errno));
+		if (ok && expect_mode(_metadata, "server", fd, RSMC_MODE_RDMA, 0, 0, NULL))
+			c->rdma_server++;
 		EXPECT_EQ(0, close(fd));
+		if (!ok)
+			break;
 	}
 	return NULL;
 }
 
+static void *churn_connect(void *arg)
+{
+	struct churn *c = arg;
+	struct __test_metadata *_metadata = c->_metadata;
+	char ch;
+
+	/* Each thread has its own network namespace: this one's clients live in rsmc_a. */
+	EXPECT_EQ(0, rsmc_enter_netns(NS_CLIENT)) TH_LOG("setns: %s", strerror(errno));
+	for (int n = 0; n < c->conns; n++) {
+		int fd = stream_socket(c->topo, true, 0);
+		bool ok = fd >= 0 && !connect_to(c->topo, fd, c->topo->addr_b, c->port) &&
+			  write(fd, "q", 1) == 1 && read(fd, &ch, 1) == 1;
+
+		EXPECT_TRUE(ok) TH_LOG("client: connection %d: %s", n, strerror(errno));
+		if (ok && expect_mode(_metadata, "client", fd, RSMC_MODE_RDMA, 0, 0, NULL))
+			c->rdma_client++;
+		if (fd >= 0)
+			EXPECT_EQ(0, close(fd));
+		if (!ok)
+			break;
+	}
+	return NULL;
+}
+
+#define CHURN_MAX 4
+
+/* @n (up to CHURN_MAX) sequences of @conns connections each, all at once; all over RDMA. */
+static void churn(struct __test_metadata *_metadata, const struct topo *v, int n, int conns)
+{
+	struct churn c[CHURN_MAX];
+	pthread_t t[2 * CHURN_MAX];
+
+	ASSERT_GE(CHURN_MAX, n);
+	for (int i = 0; i < n; i++) {
+		c[i] = (struct churn){ ._metadata = _metadata, .topo = v, .conns = conns };
+		c[i].lfd = listen_in(_metadata, v, NS_SERVER, v->addr_b, true, &c[i].port);
+	}
+	for (int i = 0; i < n; i++) {
+		ASSERT_EQ(0, pthread_create(&t[2 * i], NULL, churn_serve, &c[i]));
+		ASSERT_EQ(0, pthread_create(&t[2 * i + 1], NULL, churn_connect, &c[i]));
+	}
+	for (int i = 0; i < 2 * n; i++)
+		ASSERT_EQ(0, pthread_join(t[i], NULL));
+	for (int i = 0; i < n; i++) {
+		EXPECT_EQ(0, close(c[i].lfd));
+		EXPECT_EQ(conns, c[i].rdma_client) TH_LOG("sequence %d", i);
+		EXPECT_EQ(conns, c[i].rdma_server) TH_LOG("sequence %d", i);
+	}
+}
+
 TEST_F_TIMEOUT(rdma, short_connections_in_a_row, 120)
 {
-	struct churn_server srv = { ._metadata = _metadata };
-	int rdma = 0;
-	uint16_t port;
-	pthread_t t;
-	char c;
+	churn(_metadata, variant->topo, 1, 60);
+}
 
-	srv.lfd = listen_in(_metadata, variant->topo, NS_SERVER, variant->topo->addr_b, true,
-			    &port);
-	ASSERT_EQ(0, pthread_create(&t, NULL, churn_serve, &srv));
-	for (int n = 0; n < CHURN_CONNS; n++) {
-		int fd = socket_in(_metadata, variant->topo, NS_CLIENT, true, 0);
+/*
+ * Four such sequences at once while idle links go after 3 ms: connections keep joining links
+ * that are about to go, and offering links whose other end just went.
+ */
+TEST_F_TIMEOUT(rdma, short_connections_while_links_come_and_go, 180)
+{
+	long linger;
 
-		ASSERT_EQ(0, connect_to(variant->topo, fd, variant->topo->addr_b, port))
-			TH_LOG("connection %d: %s", n, strerror(errno));
-		ASSERT_EQ(1, write(fd, "q", 1)) TH_LOG("connection %d: %s", n, strerror(errno));
-		ASSERT_EQ(1, read(fd, &c, 1)) TH_LOG("connection %d: %s", n, strerror(errno));
-		if (expect_mode(_metadata, "client", fd, RSMC_MODE_RDMA, 0, 0, NULL))
-			rdma++;
-		EXPECT_EQ(0, close(fd));
-	}
-	ASSERT_EQ(0, pthread_join(t, NULL));
-	EXPECT_EQ(0, close(srv.lfd));
-	EXPECT_EQ(CHURN_CONNS, rdma);
-	EXPECT_EQ(CHURN_CONNS, srv.rdma);
+	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
+	ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, 3)) TH_LOG("%s", strerror(errno));
+	churn(_metadata, variant->topo, CHURN_MAX, 25);
+	EXPECT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
 }
 
 /* ---------------------------------------------------------------------------------------- */
