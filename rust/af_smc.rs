@@ -9,7 +9,7 @@
 
 use crate::{
     clc::{self, Outcome},
-    connection::{epoll, Connection, ZcSend},
+    connection::{epoll, Closing, Connection, ZcSend},
     connector::Connector,
     ffi::{
         kernel_socket::{
@@ -216,7 +216,7 @@ impl PinnedDrop for Transport {
         // set up by a connect the socket's close cut short) is aborted; after `release` this
         // finds the connection closed already.
         if let Some(conn) = self.rdma.as_ref() {
-            conn.close(true, None);
+            conn.close(Closing::ABORT);
         }
     }
 }
@@ -583,7 +583,11 @@ impl SocketFamily for AfSmc {
         }
         if let Some(conn) = state.transport.rdma() {
             let linger_ms = sock.sk().linger_ms();
-            conn.close(linger_ms == Some(0), linger_ms);
+            conn.close(Closing {
+                abort: linger_ms == Some(0),
+                linger_ms,
+                fin_timeout: Some(state.clc.fin_timeout()),
+            });
         }
         if let Some(listener) = state.listener.as_ref() {
             listener.close();

@@ -24,7 +24,7 @@
 //! is: every byte of the handshake was consumed, so the application's stream starts clean.
 
 use crate::{
-    connection::{Connection, PeerRing},
+    connection::{Closing, Connection, PeerRing},
     ffi::{kernel_socket::KernelSocket, random_u32, verbs::RemoteQp},
     ib,
     link::{Link, PeerEnd},
@@ -449,7 +449,7 @@ fn server_exchange(clc: &KernelSocket, conn: &Arc<Connection>) -> Option<Outcome
         // side can stay on TCP. The connection aborts (its ring stays until the client lets
         // go), and the reset fails the client's connection if it did take it.
         _ => {
-            conn.close(true, None);
+            conn.close(Closing::ABORT);
             clc.abort(ECONNRESET);
             None
         }

@@ -74,6 +74,27 @@ const REGISTER_TIMEOUT_MS: u32 = 5000;
 /// How long closing waits for the last cursor message to leave, in milliseconds.
 const CLOSE_TIMEOUT_MS: u32 = 3000;
 
+/// How a socket's close ends its connection, from the socket's options.
+#[derive(Clone, Copy)]
+pub(crate) struct Closing {
+    /// Abort (as TCP sends a reset), as with `SO_LINGER` {1, 0}.
+    pub(crate) abort: bool,
+    /// `SO_LINGER` {1, t}: wait up to t milliseconds for the writes to reach the peer.
+    pub(crate) linger_ms: Option<u32>,
+    /// How long to wait for the peer to close too (the internal TCP socket's FIN_WAIT2 time,
+    /// which `TCP_LINGER2` sets); `None`: `net.ipv4.tcp_fin_timeout`.
+    pub(crate) fin_timeout: Option<Delta>,
+}
+
+impl Closing {
+    /// An abort, for a connection whose socket is gone or whose handshake failed.
+    pub(crate) const ABORT: Self = Self {
+        abort: true,
+        linger_ms: None,
+        fin_timeout: None,
+    };
+}
+
 /// `MSG_DONTWAIT`.
 const MSG_DONTWAIT: i32 = 0x40;
 /// `MSG_PEEK`.
@@ -1109,19 +1130,19 @@ impl Connection {
         Ok(())
     }
 
-    /// Closes the connection: tells the peer (an abort if `abort` or unread data is left, as
-    /// TCP sends a reset then) and returns, as TCP's close does, unless `linger_ms` asks to
-    /// wait up to that long for the connection's writes to reach the peer (`SO_LINGER`). The
-    /// connection is released in the background once its last message left and the peer
-    /// closed too, or the fin timeout ended the wait for the peer.
-    pub(crate) fn close(self: &Arc<Self>, abort: bool, linger_ms: Option<u32>) {
+    /// Closes the connection: tells the peer (an abort if asked or unread data is left, as
+    /// TCP sends a reset then) and returns, as TCP's close does, unless `SO_LINGER` asks to
+    /// wait for the connection's writes to reach the peer. The connection is released in the
+    /// background once its last message left and the peer closed too, or the fin timeout
+    /// ended the wait for the peer.
+    pub(crate) fn close(self: &Arc<Self>, how: Closing) {
         let (link_alive, failed) = {
             let mut state = self.state.lock();
             // Closed already (the socket's release, then its state's drop, both close).
             if state.closing {
                 return;
             }
-            if abort || state.conn.readable() > 0 {
+            if how.abort || state.conn.readable() > 0 {
                 state.conn.abort();
             } else {
                 state.conn.close();
@@ -1136,7 +1157,7 @@ impl Connection {
         // Waiting for the message would keep the application for the transport's retries
         // (seconds) if the peer is gone; the release waits for it instead.
         if link_alive && self.post_last_cdc() && !failed {
-            if let Some(linger_ms) = linger_ms {
+            if let Some(linger_ms) = how.linger_ms {
                 self.wait_idle(linger_ms);
             }
         }
@@ -1148,17 +1169,19 @@ impl Connection {
         if peer_done {
             self.schedule_release();
         } else {
-            self.start_fin_wait();
+            self.start_fin_wait(how.fin_timeout);
         }
     }
 
-    /// Releases the connection after `net.ipv4.tcp_fin_timeout` if the peer has not closed
-    /// by then (see [`Self::fin_timeout`]).
-    fn start_fin_wait(self: &Arc<Self>) {
+    /// Releases the connection after `timeout` (`None`: `net.ipv4.tcp_fin_timeout`) if the
+    /// peer has not closed by then (see [`Self::fin_timeout`]).
+    fn start_fin_wait(self: &Arc<Self>, timeout: Option<Delta>) {
         let Some(sk) = self.sk.as_ref() else {
             return;
         };
-        let timer = self.clone().start(sk.fin_timeout());
+        let timer = self
+            .clone()
+            .start(timeout.unwrap_or_else(|| sk.fin_timeout()));
         let mut fin_wait = self.fin_wait.lock();
         if self.state.lock().released {
             // Released meanwhile: nothing would cancel the timer.

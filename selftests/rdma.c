@@ -13,6 +13,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
@@ -1193,6 +1194,40 @@ TEST_F_TIMEOUT(rdma, closed_waits_for_peer_up_to_fin_timeout, 120)
 	EXPECT_EQ(0, close(sfd));
 	EXPECT_GT(1000, now_ms() - t0) TH_LOG("the server's close took %.0f ms", now_ms() - t0);
 	EXPECT_EQ(conns_b - 1, conns_settle("rxe_b", conns_b - 1));
+}
+
+/*
+ * TCP_LINGER2 on the socket bounds that wait as it bounds its TCP socket's FIN_WAIT2, whatever
+ * net.ipv4.tcp_fin_timeout says (60 s here).
+ */
+#define LINGER2_S 2
+
+TEST_F_TIMEOUT(rdma, tcp_linger2_bounds_the_wait_for_the_peer, 120)
+{
+	long links, conns_a, got;
+	int linger2 = LINGER2_S, cfd, sfd;
+	double t0;
+	char c;
+
+	smc_pair(_metadata, variant->topo, &cfd, &sfd);
+	expect_rdma_pair(_metadata, cfd, sfd, 0, 0);
+	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &conns_a));
+	ASSERT_EQ(0, setsockopt(cfd, IPPROTO_TCP, TCP_LINGER2, &linger2, sizeof(linger2)))
+		TH_LOG("setsockopt(TCP_LINGER2): %s", strerror(errno));
+
+	EXPECT_EQ(0, close(cfd));
+	t0 = now_ms();
+	EXPECT_EQ(0, recv(sfd, &c, 1, 0)) TH_LOG("no EOF after the client's close");
+	msleep(LINGER2_S * 1000 / 2);
+	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &got));
+	EXPECT_EQ(conns_a, got) TH_LOG("the client's end went before TCP_LINGER2");
+	got = conns_settle("rxe_a", conns_a - 1);
+	EXPECT_EQ(conns_a - 1, got) TH_LOG("the client's end still there %.0f ms after its close",
+					   now_ms() - t0);
+	if (got == conns_a - 1)
+		TH_LOG("the client's end went %.0f ms after its close (TCP_LINGER2 %d s)",
+		       now_ms() - t0, LINGER2_S);
+	EXPECT_EQ(0, close(sfd));
 }
 
 /*

@@ -15,6 +15,7 @@ use kernel::{
     error::{to_result, Error},
     ffi::{c_int, c_long, c_uint, c_ulong},
     prelude::*,
+    time::Delta,
     types::Opaque,
     uaccess::UserSlice,
 };
@@ -379,6 +380,15 @@ impl KernelSocket {
         // SAFETY: As above.
         unsafe { sys::rsmc_sk_set_rcvtimeo(sk, saved) };
         result
+    }
+
+    /// How long this TCP socket would wait in FIN_WAIT2 for its peer to close: its
+    /// `TCP_LINGER2`, else `net.ipv4.tcp_fin_timeout`, and at least 3.5 retransmission
+    /// timeouts.
+    pub(crate) fn fin_timeout(&self) -> Delta {
+        // SAFETY: `sk` is valid, and a TCP socket.
+        let ms = unsafe { sys::rsmc_tcp_fin_time_ms(self.sk()) };
+        Delta::from_millis(i64::from(ms))
     }
 
     /// The socket's receive buffer size (`SO_RCVBUF` as stored, i.e. doubled).

@@ -342,6 +342,11 @@ bool rsmc_sk_linger_ms(const struct sock *sk, unsigned int *ms)
 	return sock_flag(sk, SOCK_LINGER);
 }
 
+unsigned int rsmc_tcp_fin_time_ms(const struct sock *sk)
+{
+	return jiffies_to_msecs(tcp_fin_time(sk));
+}
+
 unsigned int rsmc_sk_fin_timeout_ms(const struct sock *sk)
 {
 	return jiffies_to_msecs(READ_ONCE(sock_net(sk)->ipv4.sysctl_tcp_fin_timeout));

@@ -113,6 +113,7 @@ int rsmc_sk_state(const struct sock *sk);
 int rsmc_sock_error(struct sock *sk);
 bool rsmc_sk_linger_ms(const struct sock *sk, unsigned int *ms);
 unsigned int rsmc_sk_fin_timeout_ms(const struct sock *sk);
+unsigned int rsmc_tcp_fin_time_ms(const struct sock *sk);
 
 void rsmc_sk_set_napi_id(struct sock *sk, unsigned int napi_id);
 bool rsmc_sk_can_busy_loop(const struct sock *sk);
