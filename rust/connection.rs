@@ -235,7 +235,7 @@ pub(crate) struct Connection {
     #[pin]
     release_work: Work<Connection, RELEASE_WORK>,
     /// Bounds how long a closed connection waits for its peer to close too, as
-    /// `net.ipv4.tcp_fin_timeout` bounds TCP's FIN_WAIT2.
+    /// `TCP_LINGER2` or `net.ipv4.tcp_fin_timeout` bound TCP's FIN_WAIT2.
     #[pin]
     fin_timer: HrTimer<Connection>,
     /// Ends the wait for the peer once `fin_timer` fired (see [`Self::fin_timeout`]).
