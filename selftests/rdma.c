@@ -1155,10 +1155,36 @@ static long conns_settle(const char *dev, long conns)
 	return got;
 }
 
+/*
+ * Closes @cfd (the client's end, one of @conns_a connections on rxe_a) while the server's end
+ * @sfd stays open: the server reads EOF, and the client's end stays for half of @wait_s, then
+ * goes within conns_settle()'s 10 s. @what names the bound on the wait, for the logs.
+ */
+static void expect_client_end_waits(struct __test_metadata *_metadata, int cfd, int sfd,
+				    long conns_a, int wait_s, const char *what)
+{
+	long links, got;
+	double t0;
+	char c;
+
+	EXPECT_EQ(0, close(cfd));
+	t0 = now_ms();
+	EXPECT_EQ(0, recv(sfd, &c, 1, 0)) TH_LOG("no EOF after the client's close");
+	/* The server has not closed: the client's end stays, for a while. */
+	msleep(wait_s * 1000 / 2);
+	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &got));
+	EXPECT_EQ(conns_a, got) TH_LOG("the client's end went before %s", what);
+	got = conns_settle("rxe_a", conns_a - 1);
+	EXPECT_EQ(conns_a - 1, got) TH_LOG("the client's end still there %.0f ms after its close",
+					   now_ms() - t0);
+	if (got == conns_a - 1)
+		TH_LOG("the client's end went %.0f ms after its close (%s %d s)", now_ms() - t0,
+		       what, wait_s);
+}
+
 TEST_F_TIMEOUT(rdma, closed_waits_for_peer_up_to_fin_timeout, 120)
 {
-	long links, conns_a, conns_b, saved, got;
-	char c;
+	long links, conns_a, conns_b, saved;
 	int cfd, sfd;
 	double t0;
 
@@ -1170,19 +1196,7 @@ TEST_F_TIMEOUT(rdma, closed_waits_for_peer_up_to_fin_timeout, 120)
 	ASSERT_EQ(0, rsmc_read_long(FIN_TIMEOUT_FILE, &saved));
 	ASSERT_EQ(0, rsmc_write_long(FIN_TIMEOUT_FILE, FIN_TIMEOUT_S)) TH_LOG("%s", strerror(errno));
 
-	EXPECT_EQ(0, close(cfd));
-	t0 = now_ms();
-	EXPECT_EQ(0, recv(sfd, &c, 1, 0)) TH_LOG("no EOF after the client's close");
-	/* The server has not closed: the client's end stays, for a while. */
-	msleep(FIN_TIMEOUT_S * 1000 / 2);
-	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &got));
-	EXPECT_EQ(conns_a, got) TH_LOG("the client's end went before the fin timeout");
-	got = conns_settle("rxe_a", conns_a - 1);
-	EXPECT_EQ(conns_a - 1, got) TH_LOG("the client's end still there %.0f ms after its close",
-					   now_ms() - t0);
-	if (got == conns_a - 1)
-		TH_LOG("the client's end went %.0f ms after its close (fin timeout %d s)",
-		       now_ms() - t0, FIN_TIMEOUT_S);
+	expect_client_end_waits(_metadata, cfd, sfd, conns_a, FIN_TIMEOUT_S, "the fin timeout");
 	EXPECT_EQ(0, rsmc_write_long(FIN_TIMEOUT_FILE, saved)) TH_LOG("%s", strerror(errno));
 
 	/* The server's end got the abort: its writes fail, and its close does not wait. */
@@ -1204,10 +1218,8 @@ TEST_F_TIMEOUT(rdma, closed_waits_for_peer_up_to_fin_timeout, 120)
 
 TEST_F_TIMEOUT(rdma, tcp_linger2_bounds_the_wait_for_the_peer, 120)
 {
-	long links, conns_a, got;
 	int linger2 = LINGER2_S, cfd, sfd;
-	double t0;
-	char c;
+	long links, conns_a;
 
 	smc_pair(_metadata, variant->topo, &cfd, &sfd);
 	expect_rdma_pair(_metadata, cfd, sfd, 0, 0);
@@ -1215,18 +1227,7 @@ TEST_F_TIMEOUT(rdma, tcp_linger2_bounds_the_wait_for_the_peer, 120)
 	ASSERT_EQ(0, setsockopt(cfd, IPPROTO_TCP, TCP_LINGER2, &linger2, sizeof(linger2)))
 		TH_LOG("setsockopt(TCP_LINGER2): %s", strerror(errno));
 
-	EXPECT_EQ(0, close(cfd));
-	t0 = now_ms();
-	EXPECT_EQ(0, recv(sfd, &c, 1, 0)) TH_LOG("no EOF after the client's close");
-	msleep(LINGER2_S * 1000 / 2);
-	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &got));
-	EXPECT_EQ(conns_a, got) TH_LOG("the client's end went before TCP_LINGER2");
-	got = conns_settle("rxe_a", conns_a - 1);
-	EXPECT_EQ(conns_a - 1, got) TH_LOG("the client's end still there %.0f ms after its close",
-					   now_ms() - t0);
-	if (got == conns_a - 1)
-		TH_LOG("the client's end went %.0f ms after its close (TCP_LINGER2 %d s)",
-		       now_ms() - t0, LINGER2_S);
+	expect_client_end_waits(_metadata, cfd, sfd, conns_a, LINGER2_S, "TCP_LINGER2");
 	EXPECT_EQ(0, close(sfd));
 }
 
