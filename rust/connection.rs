@@ -514,6 +514,9 @@ impl Connection {
             state.cdc_owed = true;
             return Ok(());
         }
+        // Cleared with the post under one lock: a waiter for the connection's last message
+        // (see [`Self::wait_sent`]) sees it owed or in flight, never neither.
+        state.cdc_owed = false;
         let msg = state.conn.next_cdc();
         let posted = self.post_cdc(&mut state, link, &msg, &[]);
         drop(state);
@@ -576,9 +579,10 @@ impl Connection {
 
     /// The link has send credits again: sends an owed cursor message, wakes senders.
     pub(crate) fn credits_available(&self) {
-        let owed = core::mem::take(&mut self.state.lock().cdc_owed);
+        let owed = self.state.lock().cdc_owed;
         if owed {
             self.notify_peer();
+            self.state_changed.notify_all();
         }
         self.wake(Sock::write_space);
     }
@@ -1158,7 +1162,7 @@ impl Connection {
         // (seconds) if the peer is gone; the release waits for it instead.
         if link_alive && self.post_last_cdc() && !failed {
             if let Some(linger_ms) = how.linger_ms {
-                self.wait_idle(linger_ms);
+                self.wait_sent(linger_ms);
             }
         }
         self.unwatch_tcp();
@@ -1217,7 +1221,7 @@ impl Connection {
     /// connection's work requests to finish.
     fn send_last_cdc(&self) {
         if self.post_last_cdc() {
-            self.wait_idle(CLOSE_TIMEOUT_MS);
+            self.wait_sent(CLOSE_TIMEOUT_MS);
         }
     }
 
@@ -1260,6 +1264,9 @@ impl Connection {
         let fin_wait = self.fin_wait.lock().take();
         drop(fin_wait);
         self.unwatch_tcp();
+        // The last message may still wait for a send credit: it goes before the connection
+        // leaves its link, as the peer's end waits for it.
+        self.wait_sent(CLOSE_TIMEOUT_MS);
         self.leave_link();
         // Dropped unlocked: the last references free DMA memory and deregister the ring.
         let resources = self.resources.lock().take();
@@ -1290,6 +1297,8 @@ impl Connection {
             let open = !state.closing;
             state.conn.abort();
             state.closing = true;
+            // The link goes with the device: a message owed for want of a credit never will.
+            state.link_dead = true;
             open
         };
         // Best effort: the TCP reset below tells the peer for sure.
@@ -1305,6 +1314,15 @@ impl Connection {
     /// flight; false if some still are.
     pub(crate) fn wait_idle(&self, wait_ms: u32) -> bool {
         self.wait_for_state(wait_ms, |state| state.inflight == 0)
+    }
+
+    /// Waits up to `wait_ms` milliseconds until every message of the connection left: none
+    /// in flight and none owed for want of a send credit (unless the link is dead, as then
+    /// none will go); false if one has not.
+    fn wait_sent(&self, wait_ms: u32) -> bool {
+        self.wait_for_state(wait_ms, |state| {
+            state.inflight == 0 && (!state.cdc_owed || state.link_dead)
+        })
     }
 }
 

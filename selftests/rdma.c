@@ -1269,6 +1269,55 @@ TEST_F_TIMEOUT(rdma, fin_timeout_races_peer_close, 180)
 	       t_closed - t0, now_ms() - t0);
 }
 
+/*
+ * Connections on one link close while their writes fill its send queue: a closing end's last
+ * message may find no send credit. It must still go, and the connections go at once on both
+ * sides, not after the fin timeout (60 s here) of an end that never heard of its peer's close.
+ */
+#define FULL_SQ_CONNS 16
+#define FULL_SQ_ROUNDS 8
+#define FULL_SQ_WRITE_MS 500
+
+TEST_F_TIMEOUT(rdma, closing_with_the_send_queue_full, 180)
+{
+	int cfd[FULL_SQ_CONNS], sfd[FULL_SQ_CONNS];
+	static uint8_t buf[65536];
+	long links, conns_a, conns_b;
+
+	signal(SIGPIPE, SIG_IGN);
+	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &conns_a));
+	ASSERT_EQ(0, rsmc_device_links("rxe_b", &links, &conns_b));
+	for (int round = 0; round < FULL_SQ_ROUNDS; round++) {
+		double t0;
+
+		for (int i = 0; i < FULL_SQ_CONNS; i++) {
+			smc_pair(_metadata, variant->topo, &cfd[i], &sfd[i]);
+			ASSERT_EQ(0, fcntl(cfd[i], F_SETFL, O_NONBLOCK));
+			ASSERT_EQ(0, fcntl(sfd[i], F_SETFL, O_NONBLOCK));
+		}
+		expect_rdma_pair(_metadata, cfd[0], sfd[0], 0, 0);
+		/* Small writes, many in flight at once on the shared link. */
+		t0 = now_ms();
+		while (now_ms() - t0 < FULL_SQ_WRITE_MS) {
+			for (int i = 0; i < FULL_SQ_CONNS; i++) {
+				while (write(cfd[i], buf, 1024) > 0)
+					;
+				EXPECT_EQ(EAGAIN, errno) TH_LOG("write: %s", strerror(errno));
+				read(sfd[i], buf, sizeof(buf));
+			}
+		}
+		/* Both ends close with writes in flight (the server's with data unread). */
+		for (int i = 0; i < FULL_SQ_CONNS; i++) {
+			EXPECT_EQ(0, close(cfd[i]));
+			EXPECT_EQ(0, close(sfd[i]));
+		}
+		t0 = now_ms();
+		ASSERT_EQ(conns_a, conns_settle("rxe_a", conns_a)) TH_LOG("round %d", round);
+		ASSERT_EQ(conns_b, conns_settle("rxe_b", conns_b)) TH_LOG("round %d", round);
+		TH_LOG("round %d: all gone %.0f ms after the close", round, now_ms() - t0);
+	}
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* non-blocking connect                                                                       */
 
