@@ -42,6 +42,7 @@ use crate::{
         ring::{RingSize, Segments},
     },
 };
+use core::fmt;
 use kernel::{
     ffi::c_long,
     new_mutex,
@@ -1308,6 +1309,38 @@ impl Connection {
         if let Some(hook) = self.take_tcp_watch() {
             hook.socket().abort(ECONNABORTED);
         }
+    }
+
+    /// Writes the connection's part of a debugfs `connections` line: `token <token> closing
+    /// <0|1> peer_closed <0|1> peer_aborted <0|1> link_dead <0|1> inflight <n> owed <0|1>
+    /// error <errno, 0 if none>`.
+    pub(crate) fn show(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Copied out: the lock is not held while formatting.
+        let (closing, peer_closed, peer_aborted, link_dead, inflight, owed, error) = {
+            let state = self.state.lock();
+            (
+                state.closing,
+                state.conn.peer_closed(),
+                state.conn.peer_aborted(),
+                state.link_dead,
+                state.inflight,
+                state.cdc_owed,
+                state.error.map_or(0, |err| err.to_errno()),
+            )
+        };
+        write!(
+            f,
+            "token {:#x} closing {} peer_closed {} peer_aborted {} link_dead {} inflight {} \
+             owed {} error {}",
+            self.token(),
+            u8::from(closing),
+            u8::from(peer_closed),
+            u8::from(peer_aborted),
+            u8::from(link_dead),
+            inflight,
+            u8::from(owed),
+            error,
+        )
     }
 
     /// Waits up to `wait_ms` milliseconds until none of the connection's work requests is in

@@ -11,6 +11,8 @@ pub(crate) struct Debugfs {
     #[pin]
     devices: debugfs::File<()>,
     #[pin]
+    connections: debugfs::File<()>,
+    #[pin]
     napi_defer: debugfs::File<()>,
     #[pin]
     link_linger_ms: debugfs::File<()>,
@@ -18,7 +20,8 @@ pub(crate) struct Debugfs {
 }
 
 impl Debugfs {
-    /// Creates `rsmc/devices` (one line per RDMA device: name, NAPI id, counters, netdev) and
+    /// Creates `rsmc/devices` (one line per RDMA device: name, NAPI id, counters, netdev),
+    /// `rsmc/connections` (one line per connection on a link: where, and how far it closed),
     /// `rsmc/napi_defer` (one line per device: `<name> <defer_hard_irqs> <gro_flush_timeout
     /// in ns>` of its NAPI, as a netdev's sysfs files of those names; writing such a line
     /// sets them) and `rsmc/link_linger_ms` (how long a link stays once its last connection
@@ -28,6 +31,9 @@ impl Debugfs {
         try_pin_init!(Self {
             devices <- dir.read_callback_file(c"devices", (), &|(): &(), f| {
                 crate::ib::show_devices(f)
+            }),
+            connections <- dir.read_callback_file(c"connections", (), &|(): &(), f| {
+                crate::ib::show_connections(f)
             }),
             napi_defer <- dir.read_write_callback_file(
                 c"napi_defer",

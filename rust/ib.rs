@@ -387,6 +387,21 @@ pub(crate) fn device_for_ip(ip: [u8; 16]) -> Option<(Arc<Device>, RoceGid)> {
     })
 }
 
+/// Writes one line per connection on a link, device by device (see
+/// [`Link::show_connections`]). Process context.
+pub(crate) fn show_connections(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let devices = DEVICES.lock();
+    for device in devices.iter() {
+        let Ok(links) = device.listed_links() else {
+            continue;
+        };
+        for link in links.iter() {
+            link.show_connections(f, device.name())?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes one line per device: `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n>
 /// completions <n> links <n> connections <n> dropped_cdc <n> softirq_polls <n>
 /// softirq_completions <n> busy_polls <n> busy_completions <n> busy_yields <n>`.

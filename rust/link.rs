@@ -29,6 +29,7 @@ use crate::{
     poller::{CompletionSink, SinkRegistration, CQ_ENTRIES},
     proto::{cdc, clc::PathMtu},
 };
+use core::fmt;
 use kernel::{
     new_mutex,
     prelude::*,
@@ -597,7 +598,7 @@ impl Link {
     ///
     /// From a completion handler or process context only: the references taken here must not
     /// be the last ones in any other context (see [`Link::leave`]).
-    fn for_each_conn(&self, f: impl Fn(&Arc<Connection>)) {
+    fn for_each_conn(&self, mut f: impl FnMut(&Arc<Connection>)) {
         let conns = {
             let state = self.state.lock();
             let mut conns = KVec::new();
@@ -704,6 +705,19 @@ impl Link {
     /// How many connections are on the link.
     pub(crate) fn connections(&self) -> usize {
         self.state.lock().conns.len()
+    }
+
+    /// Writes a debugfs `connections` line for each connection on the link: `<device> qpn
+    /// <our queue pair> ` and the connection's part (see [`Connection::show`]). Process context.
+    pub(crate) fn show_connections(&self, f: &mut fmt::Formatter<'_>, device: &str) -> fmt::Result {
+        let mut shown = Ok(());
+        self.for_each_conn(|conn| {
+            shown = shown
+                .and_then(|()| write!(f, "{device} qpn {} ", self.qp.qp_num()))
+                .and_then(|()| conn.show(f))
+                .and_then(|()| writeln!(f));
+        });
+        shown
     }
 }
 

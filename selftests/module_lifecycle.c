@@ -53,10 +53,11 @@ static bool connections_gone(long conns[2])
 static void assert_connections_gone(struct __test_metadata *_metadata)
 {
 	long conns[2] = { -1, -1 };
+	char left[2048];
 
 	ASSERT_TRUE(connections_gone(conns))
-		TH_LOG("connections of earlier programs remain: %ld on rxe_a, %ld on rxe_b",
-		       conns[0], conns[1]);
+		TH_LOG("connections of earlier programs remain: %ld on rxe_a, %ld on rxe_b:\n%s",
+		       conns[0], conns[1], rsmc_connections_text(left, sizeof(left)));
 }
 
 /*

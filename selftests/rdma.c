@@ -521,6 +521,9 @@ TEST_F_TIMEOUT(rdma, shared_link, 120)
 	EXPECT_TRUE(links_settle(1, SHARED_CONNS, n))
 		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns; want 1 and %d", n[0],
 		       n[1], n[2], n[3], SHARED_CONNS);
+	/* debugfs lists each end, open. */
+	EXPECT_EQ(SHARED_CONNS, rsmc_count_connections("rxe_a", "closing 0 peer_closed 0"));
+	EXPECT_EQ(SHARED_CONNS, rsmc_count_connections("rxe_b", "closing 0 peer_closed 0"));
 	/* Closing one end keeps its ring until the other end closes too. */
 	for (int i = 0; i < SHARED_CONNS; i++)
 		EXPECT_EQ(0, close(cfd[i]));
@@ -529,11 +532,17 @@ TEST_F_TIMEOUT(rdma, shared_link, 120)
 		       n[0], n[1], n[2], n[3]);
 	for (int i = 0; i < SHARED_CONNS; i++) {
 		EXPECT_EQ(0, recv(sfd[i], &got, 1, 0)) TH_LOG("no EOF on connection %d", i);
-		EXPECT_EQ(0, close(sfd[i]));
 	}
+	/* The clients' ends closed and wait for their peers, which heard of it. */
+	EXPECT_EQ(SHARED_CONNS, rsmc_count_connections("rxe_a", "closing 1 peer_closed 0"));
+	EXPECT_EQ(SHARED_CONNS, rsmc_count_connections("rxe_b", "closing 0 peer_closed 1"));
+	for (int i = 0; i < SHARED_CONNS; i++)
+		EXPECT_EQ(0, close(sfd[i]));
 	EXPECT_TRUE(links_settle(0, 0, n))
 		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns after all closed", n[0],
 		       n[1], n[2], n[3]);
+	EXPECT_EQ(0, rsmc_count_connections("rxe_a", ""));
+	EXPECT_EQ(0, rsmc_count_connections("rxe_b", ""));
 	EXPECT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
 }
 
@@ -1283,6 +1292,7 @@ TEST_F_TIMEOUT(rdma, closing_with_the_send_queue_full, 180)
 	int cfd[FULL_SQ_CONNS], sfd[FULL_SQ_CONNS];
 	static uint8_t buf[65536];
 	long links, conns_a, conns_b;
+	char left[2048];
 
 	signal(SIGPIPE, SIG_IGN);
 	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &conns_a));
@@ -1312,8 +1322,10 @@ TEST_F_TIMEOUT(rdma, closing_with_the_send_queue_full, 180)
 			EXPECT_EQ(0, close(sfd[i]));
 		}
 		t0 = now_ms();
-		ASSERT_EQ(conns_a, conns_settle("rxe_a", conns_a)) TH_LOG("round %d", round);
-		ASSERT_EQ(conns_b, conns_settle("rxe_b", conns_b)) TH_LOG("round %d", round);
+		ASSERT_EQ(conns_a, conns_settle("rxe_a", conns_a))
+			TH_LOG("round %d, left:\n%s", round, rsmc_connections_text(left, sizeof(left)));
+		ASSERT_EQ(conns_b, conns_settle("rxe_b", conns_b))
+			TH_LOG("round %d, left:\n%s", round, rsmc_connections_text(left, sizeof(left)));
 		TH_LOG("round %d: all gone %.0f ms after the close", round, now_ms() - t0);
 	}
 }

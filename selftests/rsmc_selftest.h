@@ -95,6 +95,41 @@ static inline int rsmc_device_links(const char *device, long *links, long *conns
 	return 0;
 }
 
+#define RSMC_CONNECTIONS_FILE "/sys/kernel/debug/rsmc/connections"
+
+/*
+ * How many connections on @device's links debugfs lists with @fields in their line ("closing 1
+ * peer_closed 0", say; "" for all); -1 if the file cannot be read.
+ */
+static inline long rsmc_count_connections(const char *device, const char *fields)
+{
+	FILE *f = fopen(RSMC_CONNECTIONS_FILE, "r");
+	size_t len = strlen(device);
+	char line[256];
+	long n = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		n += !strncmp(line, device, len) && line[len] == ' ' && strstr(line, fields);
+	fclose(f);
+	return n;
+}
+
+/* The connections debugfs lists, one per line, in @buf (@len bytes, NUL-terminated). */
+static inline const char *rsmc_connections_text(char *buf, size_t len)
+{
+	FILE *f = fopen(RSMC_CONNECTIONS_FILE, "r");
+	size_t n = 0;
+
+	if (f) {
+		n = fread(buf, 1, len - 1, f);
+		fclose(f);
+	}
+	buf[n] = 0;
+	return buf;
+}
+
 /* Reads one number from the file at @path (a sysctl, say) to *@val; returns 0 or -1. */
 static inline int rsmc_read_long(const char *path, long *val)
 {
