@@ -198,6 +198,26 @@ struct Resources {
     gid: RoceGid,
 }
 
+impl Resources {
+    /// Gives the device back the ring and the send buffer for later connections, if nothing
+    /// else holds them. The ring's memory region goes first: deregistered, it lets no peer
+    /// write to the ring any more.
+    fn recycle(self) {
+        let Self {
+            rx_ring,
+            tx_buf,
+            device,
+            ..
+        } = self;
+        let ring = rx_ring.shared_buffer();
+        drop(rx_ring);
+        device.recycle(ring);
+        if let Some(tx_buf) = tx_buf {
+            device.recycle(tx_buf);
+        }
+    }
+}
+
 /// An RDMA connection.
 #[pin_data]
 pub(crate) struct Connection {
@@ -267,11 +287,7 @@ impl Connection {
     /// A connection on `device` (whose port has `gid`) with a receive ring of `ring_size`
     /// bytes, on no link yet.
     pub(crate) fn new(device: Arc<Device>, gid: RoceGid, ring_size: RingSize) -> Result<Arc<Self>> {
-        let ring = DmaBuffer::new(
-            device.registered(),
-            ring_size.get() as usize,
-            DmaDirection::FromDevice,
-        )?;
+        let ring = device.dma_buffer(ring_size.get() as usize, DmaDirection::FromDevice)?;
         let rx_ring = Mr::new(device.pd(), ring)?;
         // Placeholders until the handshake tells the peer's ring and the token.
         let conn = Conn::new(ring_size, ring_size, 1);
@@ -378,11 +394,7 @@ impl Connection {
             return Err(EEXIST);
         }
         let (device, _) = self.device()?;
-        let tx_buf = DmaBuffer::new(
-            device.registered(),
-            peer.size.get() as usize,
-            DmaDirection::ToDevice,
-        )?;
+        let tx_buf = device.dma_buffer(peer.size.get() as usize, DmaDirection::ToDevice)?;
         link.attach(tx_buf.clone())?;
         {
             let mut guard = self.resources.lock();
@@ -1269,9 +1281,11 @@ impl Connection {
         // leaves its link, as the peer's end waits for it.
         self.wait_sent(CLOSE_TIMEOUT_MS);
         self.leave_link();
-        // Dropped unlocked: the last references free DMA memory and deregister the ring.
+        // Taken unlocked: the last references deregister the ring and free DMA memory.
         let resources = self.resources.lock().take();
-        drop(resources);
+        if let Some(resources) = resources {
+            resources.recycle();
+        }
     }
 
     /// Gives the link back this connection's buffers, if no work request of it is in flight

@@ -10,7 +10,7 @@ use crate::{
             DEVICE_NAME_MAX, NETDEV_NAME_MAX,
         },
         napi::Napi,
-        verbs::Pd,
+        verbs::{DmaBuffer, DmaDirection, Pd},
     },
     link::{Link, PeerEnd, MAX_LINKS},
     poller::Poller,
@@ -102,6 +102,8 @@ impl Device {
                 links <- new_mutex!(Links {
                     removed: false,
                     list: KVec::new(),
+                    spares: KVec::new(),
+                    spare_bytes: 0,
                 }),
                 first_contact <- new_mutex!(false),
                 first_contact_done <- new_condvar!("Device::first_contact_done"),
@@ -128,6 +130,37 @@ impl Device {
         }
         links.list.push(link, GFP_KERNEL)?;
         Ok(())
+    }
+
+    /// A buffer of `len` bytes mapped for `dir`: a spare one that fits, else a new one.
+    pub(crate) fn dma_buffer(&self, len: usize, dir: DmaDirection) -> Result<Arc<DmaBuffer>> {
+        {
+            let mut links = self.links.lock();
+            let spare = links.spares.iter().position(|buf| buf.fits(len, dir));
+            if let Some(buf) = spare.and_then(|i| links.spares.remove(i).ok()) {
+                links.spare_bytes -= buf.len();
+                return Ok(buf);
+            }
+        }
+        DmaBuffer::new(&self.dev, len, dir)
+    }
+
+    /// Keeps `buf` for [`Device::dma_buffer`] if nothing else holds it (so the device cannot
+    /// reach it any more: whatever lets the device at a buffer holds a reference) and there
+    /// is room; else lets it go.
+    pub(crate) fn recycle(&self, buf: Arc<DmaBuffer>) {
+        let Some(buf) = Arc::into_unique_or_drop(buf) else {
+            return;
+        };
+        let buf: Arc<DmaBuffer> = buf.into();
+        let len = buf.len();
+        let mut links = self.links.lock();
+        if links.removed || links.spare_bytes + len > SPARE_BYTES_MAX {
+            return;
+        }
+        if links.spares.push(buf, GFP_KERNEL).is_ok() {
+            links.spare_bytes += len;
+        }
     }
 
     /// How many links the device has.
@@ -203,21 +236,27 @@ impl Device {
     }
 
     /// The device's links, with how many connections each has and how many cursor messages
-    /// it dropped.
-    fn link_stats(&self) -> (usize, usize, u64) {
+    /// it dropped, and the bytes of spare buffers it keeps.
+    fn link_stats(&self) -> (usize, usize, u64, usize) {
         let links = self.links.lock();
         let conns = links.list.iter().map(|link| link.connections()).sum();
         let dropped = links.list.iter().map(|link| link.dropped()).sum();
-        (links.list.len(), conns, dropped)
+        (links.list.len(), conns, dropped, links.spare_bytes)
     }
 
     /// Ends every link on the device and refuses new ones: it is going away.
     fn remove_links(&self) {
-        let doomed = {
+        // Spares go too: each holds the device's registration, which its removal waits for.
+        let (doomed, spares) = {
             let mut links = self.links.lock();
             links.removed = true;
-            core::mem::take(&mut links.list)
+            links.spare_bytes = 0;
+            (
+                core::mem::take(&mut links.list),
+                core::mem::take(&mut links.spares),
+            )
         };
+        drop(spares);
         // Unlocked: each link unlists itself (a no-op now) as it is torn down.
         for link in doomed.iter() {
             link.device_removed();
@@ -251,12 +290,20 @@ impl Device {
     }
 }
 
-/// The links on a device.
+/// The links on a device, and the buffers of connections that ended.
 struct Links {
-    /// Set when the device is being removed: no link may start on it.
+    /// Set when the device is being removed: no link may start on it, and no buffer is kept.
     removed: bool,
     list: KVec<Arc<Link>>,
+    /// Receive rings and send buffers that nothing else holds (no memory region, no queue
+    /// pair), for the next connections: allocating and zeroing them is most of what setting
+    /// up a connection costs. At most [`SPARE_BYTES_MAX`] bytes.
+    spares: KVec<Arc<DmaBuffer>>,
+    spare_bytes: usize,
 }
+
+/// How many bytes of spare buffers a device keeps: 16 rings of the default size.
+const SPARE_BYTES_MAX: usize = 16 * 128 * 1024;
 
 /// Device and netdev names are printable ASCII (the kernel enforces it); anything else
 /// shows as "?".
@@ -404,17 +451,18 @@ pub(crate) fn show_connections(f: &mut fmt::Formatter<'_>) -> fmt::Result {
 
 /// Writes one line per device: `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n>
 /// completions <n> links <n> connections <n> dropped_cdc <n> softirq_polls <n>
-/// softirq_completions <n> busy_polls <n> busy_completions <n> busy_yields <n>`.
+/// softirq_completions <n> busy_polls <n> busy_completions <n> busy_yields <n> spare_bytes
+/// <n>`.
 pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for device in DEVICES.lock().iter() {
         let poller = device.poller();
-        let (links, conns, dropped) = device.link_stats();
+        let (links, conns, dropped, spare_bytes) = device.link_stats();
         let (softirq, busy) = (poller.softirq_counts(), poller.busy_counts());
         writeln!(
             f,
             "{} napi_id {} polls {} netdev {} cq_events {} completions {} links {} \
              connections {} dropped_cdc {} softirq_polls {} softirq_completions {} \
-             busy_polls {} busy_completions {} busy_yields {}",
+             busy_polls {} busy_completions {} busy_yields {} spare_bytes {}",
             device.name(),
             device.napi.id(),
             poller.polls(),
@@ -429,6 +477,7 @@ pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
             busy.polls(),
             busy.completions(),
             poller.busy_yields(),
+            spare_bytes,
         )?;
     }
     Ok(())

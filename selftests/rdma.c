@@ -496,6 +496,20 @@ static bool links_settle(long links, long conns, long got[4])
 	return false;
 }
 
+/* Waits up to 10 s for @dev to have @conns connections; their number then, or -1. */
+static long conns_settle(const char *dev, long conns)
+{
+	long links, got = -1;
+
+	for (int tries = 0; tries < 200; tries++, msleep(50)) {
+		if (rsmc_device_links(dev, &links, &got))
+			return -1;
+		if (got == conns)
+			break;
+	}
+	return got;
+}
+
 TEST_F_TIMEOUT(rdma, shared_link, 120)
 {
 	int cfd[SHARED_CONNS], sfd[SHARED_CONNS];
@@ -596,6 +610,71 @@ TEST_F_TIMEOUT(rdma, idle_link_lingers, 120)
 	EXPECT_LT(LINGER_MS / 2, now_ms() - idle_from) TH_LOG("the idle link went after %.0f ms",
 							      now_ms() - idle_from);
 	EXPECT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
+}
+
+/*
+ * The receive ring and send buffer of a connection that ended stay with its device (debugfs
+ * spare_bytes), and the next connection takes them rather than allocating its own. What it
+ * reads is what its peer wrote, whatever the ring held before.
+ */
+#define SPARE_MSG 4096
+
+static void spare_bytes(struct __test_metadata *_metadata, unsigned long long got[2])
+{
+	struct rsmc_device_stats s;
+
+	ASSERT_EQ(0, rsmc_device_stats("rxe_a", &s));
+	got[0] = s.spare_bytes;
+	ASSERT_EQ(0, rsmc_device_stats("rxe_b", &s));
+	got[1] = s.spare_bytes;
+}
+
+/* Closes both ends and waits until both devices have @conns connections again. */
+static void close_pair(struct __test_metadata *_metadata, int cfd, int sfd, const long conns[2])
+{
+	EXPECT_EQ(0, close(cfd));
+	EXPECT_EQ(0, close(sfd));
+	ASSERT_EQ(conns[0], conns_settle("rxe_a", conns[0]));
+	ASSERT_EQ(conns[1], conns_settle("rxe_b", conns[1]));
+	/* A release gives its buffers back right after the connection leaves its link. */
+	msleep(100);
+}
+
+TEST_F(rdma, ended_connections_buffers_serve_the_next)
+{
+	unsigned long long ended[2], open[2], again[2];
+	uint8_t out[SPARE_MSG], in[SPARE_MSG];
+	long links, conns[2];
+	int cfd, sfd;
+
+	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &conns[0]));
+	ASSERT_EQ(0, rsmc_device_links("rxe_b", &links, &conns[1]));
+	memset(out, 0xaa, sizeof(out));
+	smc_pair(_metadata, variant->topo, &cfd, &sfd);
+	expect_rdma_pair(_metadata, cfd, sfd, 0, 0);
+	ASSERT_EQ(SPARE_MSG, write_all(cfd, out, SPARE_MSG));
+	ASSERT_EQ(SPARE_MSG, read_all(sfd, in, SPARE_MSG));
+	close_pair(_metadata, cfd, sfd, conns);
+	spare_bytes(_metadata, ended);
+	/* A ring and a send buffer of at least 16 KiB each, on each side. */
+	EXPECT_LE(32768ull, ended[0]);
+	EXPECT_LE(32768ull, ended[1]);
+
+	smc_pair(_metadata, variant->topo, &cfd, &sfd);
+	expect_rdma_pair(_metadata, cfd, sfd, 0, 0);
+	spare_bytes(_metadata, open);
+	EXPECT_GT(ended[0], open[0]) TH_LOG("the client side allocated new buffers");
+	EXPECT_GT(ended[1], open[1]) TH_LOG("the server side allocated new buffers");
+	for (int i = 0; i < SPARE_MSG; i++)
+		out[i] = (uint8_t)i;
+	ASSERT_EQ(SPARE_MSG, write_all(sfd, out, SPARE_MSG));
+	ASSERT_EQ(SPARE_MSG, read_all(cfd, in, SPARE_MSG));
+	EXPECT_EQ(0, memcmp(out, in, SPARE_MSG));
+	EXPECT_EQ(-1, recv(cfd, in, 1, MSG_DONTWAIT)) TH_LOG("more bytes than the peer wrote");
+	close_pair(_metadata, cfd, sfd, conns);
+	spare_bytes(_metadata, again);
+	EXPECT_EQ(ended[0], again[0]);
+	EXPECT_EQ(ended[1], again[1]);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1149,20 +1228,6 @@ TEST_F_TIMEOUT(rdma, half_close, 120)
  */
 #define FIN_TIMEOUT_FILE "/proc/sys/net/ipv4/tcp_fin_timeout"
 #define FIN_TIMEOUT_S 2
-
-/* Waits up to 10 s for @dev to have @conns connections; their number then, or -1. */
-static long conns_settle(const char *dev, long conns)
-{
-	long links, got = -1;
-
-	for (int tries = 0; tries < 200; tries++, msleep(50)) {
-		if (rsmc_device_links(dev, &links, &got))
-			return -1;
-		if (got == conns)
-			break;
-	}
-	return got;
-}
 
 /*
  * Closes @cfd (the client's end, one of @conns_a connections on rxe_a) while the server's end

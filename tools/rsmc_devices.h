@@ -26,6 +26,7 @@ struct rsmc_device_stats {
 	unsigned long long busy_polls;		/* polls by threads spinning in napi_busy_loop */
 	unsigned long long busy_completions;
 	unsigned long long busy_yields;		/* busy polls that yielded the CPU to waiting tasks */
+	unsigned long long spare_bytes;		/* buffers of ended connections kept for new ones */
 };
 
 /* The number after " @name " in @line, to *@val; returns whether it is there. */
@@ -71,7 +72,8 @@ static inline int rsmc_device_find(const char *device, long napi_id, struct rsmc
 		    rsmc_stats_field(line, "softirq_completions", &s->softirq_completions) &&
 		    rsmc_stats_field(line, "busy_polls", &s->busy_polls) &&
 		    rsmc_stats_field(line, "busy_completions", &s->busy_completions) &&
-		    rsmc_stats_field(line, "busy_yields", &s->busy_yields)) {
+		    rsmc_stats_field(line, "busy_yields", &s->busy_yields) &&
+		    rsmc_stats_field(line, "spare_bytes", &s->spare_bytes)) {
 			s->napi_id = id;
 			ret = 0;
 		}

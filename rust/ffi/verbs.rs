@@ -337,7 +337,8 @@ impl DmaDirection {
     }
 }
 
-/// A physically contiguous, zero-initialised kernel buffer mapped for DMA by one RDMA device.
+/// A physically contiguous kernel buffer mapped for DMA by one RDMA device, zero-initialised
+/// when allocated (a buffer used again keeps what its last user left in it).
 ///
 /// The CPU accesses it only by copying (see the module documentation for who may touch which
 /// bytes when). Buffers of a page or more are page aligned; smaller ones never cross a page.
@@ -402,6 +403,16 @@ impl DmaBuffer {
             dev: dev.clone(),
         };
         Ok(Arc::new(buf, GFP_KERNEL)?)
+    }
+
+    /// Whether the buffer is `len` bytes long and mapped for `dir`.
+    pub(crate) fn fits(&self, len: usize, dir: DmaDirection) -> bool {
+        self.len == len && self.dir == dir
+    }
+
+    /// The buffer's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
     /// Checks that `offset..offset + len` lies in the buffer; returns its end.
@@ -786,6 +797,11 @@ impl Mr {
     /// The buffer the region covers, for the CPU to read what peers wrote.
     pub(crate) fn buffer(&self) -> &DmaBuffer {
         &self.buf
+    }
+
+    /// The buffer the region covers, to keep once the region is gone.
+    pub(crate) fn shared_buffer(&self) -> Arc<DmaBuffer> {
+        self.buf.clone()
     }
 }
 
