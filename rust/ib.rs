@@ -405,12 +405,12 @@ pub(crate) fn register() -> Result<DeviceTracking> {
     })
 }
 
-/// Calls `f` on every link of every device rsmc tracks. Process context.
-pub(crate) fn for_each_link(f: impl Fn(&Arc<Link>)) {
+/// Calls `f` on every link of every device rsmc tracks, with its device. Process context.
+pub(crate) fn for_each_link(mut f: impl FnMut(&Device, &Arc<Link>)) {
     let devices = DEVICES.lock();
     for device in devices.iter() {
         if let Ok(links) = device.listed_links() {
-            links.iter().for_each(&f);
+            links.iter().for_each(|link| f(device, link));
         }
     }
 }
@@ -437,16 +437,11 @@ pub(crate) fn device_for_ip(ip: [u8; 16]) -> Option<(Arc<Device>, RoceGid)> {
 /// Writes one line per connection on a link, device by device (see
 /// [`Link::show_connections`]). Process context.
 pub(crate) fn show_connections(f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    let devices = DEVICES.lock();
-    for device in devices.iter() {
-        let Ok(links) = device.listed_links() else {
-            continue;
-        };
-        for link in links.iter() {
-            link.show_connections(f, device.name())?;
-        }
-    }
-    Ok(())
+    let mut shown = Ok(());
+    for_each_link(|device, link| {
+        shown = shown.and_then(|()| link.show_connections(f, device.name()));
+    });
+    shown
 }
 
 /// Writes one line per device: `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n>

@@ -78,7 +78,7 @@ pub(crate) fn linger() -> Delta {
 /// go at once.
 pub(crate) fn set_linger(ms: u32) {
     LINGER_MS.store(ms, Relaxed);
-    crate::ib::for_each_link(|link| link.linger_changed());
+    crate::ib::for_each_link(|_, link| link.linger_changed());
 }
 
 /// A `wr_id`'s kind, in bits 44..48 (the poller keeps bits 0..48 for us).
