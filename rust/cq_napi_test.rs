@@ -28,7 +28,7 @@ mod tests {
     };
     use kernel::{
         prelude::*,
-        sync::{new_spinlock_irq, Arc, SpinLockIrq},
+        sync::{new_spinlock_irq, Arc, ArcBorrow, SpinLockIrq},
         time::{delay::fsleep, Delta, Instant, Monotonic},
     };
 
@@ -89,7 +89,7 @@ mod tests {
     }
 
     impl CompletionSink for RecordingSink {
-        fn complete(&self, wc: &WorkCompletion) {
+        fn complete(self: ArcBorrow<'_, Self>, wc: &WorkCompletion) {
             // Beyond the reserved capacity (unexpected completions) this may fail to allocate
             // in the poll: a completion missing from the record then fails the test.
             let _ = self.seen.lock().push(

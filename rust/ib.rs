@@ -24,7 +24,7 @@ use kernel::{
         atomic::{Atomic, Relaxed},
         Arc, CondVar, CondVarTimeoutResult, Mutex,
     },
-    time::msecs_to_jiffies,
+    time::{msecs_to_jiffies, Instant},
 };
 
 /// A client's turn to set up a new link on a device; the next waiter's when dropped.
@@ -257,9 +257,14 @@ impl Device {
             )
         };
         drop(spares);
-        // Unlocked: each link unlists itself (a no-op now) as it is torn down.
+        // Unlocked: each link unlists itself (a no-op now) as it is torn down. All links tell
+        // their peers first, then share one wait for those messages.
         for link in doomed.iter() {
-            link.device_removed();
+            link.device_removing();
+        }
+        let start = Instant::now();
+        for link in doomed.iter() {
+            link.device_removed(start);
         }
     }
 

@@ -14,6 +14,10 @@
 //! [`linger`], as stock SMC keeps a link group), so that the next connection to the same peer
 //! finds it set up; then it is torn down. A failed work request means the peer's end is gone:
 //! every connection on the link fails, and the link goes with the last of them.
+//!
+//! A device that goes tells the peer of each of its links with an LLC DELETE LINK
+//! ([`llc`]): the peer's end then fails at once, its queue pair flushed, rather than after
+//! the transport's retries (its work requests in flight) or its linger (an idle link).
 
 use crate::{
     connection::Connection,
@@ -27,7 +31,7 @@ use crate::{
     },
     ib::Device,
     poller::{CompletionSink, SinkRegistration, CQ_ENTRIES},
-    proto::{cdc, clc::PathMtu},
+    proto::{cdc, clc::PathMtu, llc},
 };
 use core::fmt;
 use kernel::{
@@ -35,14 +39,15 @@ use kernel::{
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
-        new_spinlock_irq, Arc, ArcBorrow, Mutex, SpinLockIrq,
+        new_condvar, new_spinlock_irq, Arc, ArcBorrow, CondVar, CondVarTimeoutResult, Mutex,
+        SpinLockIrq,
     },
     time::{
         hrtimer::{
             ArcHrTimerHandle, HrTimer, HrTimerCallback, HrTimerCallbackContext, HrTimerPointer,
             HrTimerRestart, RelativeMode,
         },
-        Delta, Instant, Monotonic,
+        msecs_to_jiffies, Delta, Instant, Monotonic,
     },
     workqueue::{impl_has_work, new_work, Work, WorkItem},
 };
@@ -87,6 +92,8 @@ const WR_RECV: u64 = 1 << KIND_SHIFT;
 const WR_SEND: u64 = 2 << KIND_SHIFT;
 const WR_WRITE: u64 = 3 << KIND_SHIFT;
 const WR_REG: u64 = 4 << KIND_SHIFT;
+/// A message of the link itself (LLC), not of a connection.
+const WR_LINK_SEND: u64 = 5 << KIND_SHIFT;
 const KIND_MASK: u64 = 0xf << KIND_SHIFT;
 /// A cursor message's send slot, in bits 32..44.
 const SLOT_SHIFT: u32 = 32;
@@ -139,6 +146,10 @@ struct LinkState {
     idle_since: Option<Instant<Monotonic>>,
     /// A connection waits for send credits.
     credit_waiters: bool,
+    /// Our DELETE LINK is in flight.
+    delete_in_flight: bool,
+    /// The peer deleted its end: the queue pair is to be flushed.
+    flush_due: bool,
 }
 
 /// A link. See the module documentation.
@@ -162,11 +173,16 @@ pub(crate) struct Link {
     dropped: Atomic<u64>,
     /// Keeps the device registered, and its NAPI enabled, while the queue pair lives.
     device: Arc<Device>,
-    /// Ends the lingering of an idle link (see [`Link::linger_ended`]).
+    /// Our DELETE LINK completed.
+    #[pin]
+    delete_sent: CondVar,
+    /// Ends the lingering of an idle link, with `work`.
     #[pin]
     linger_timer: HrTimer<Link>,
+    /// What a link does in process context: [`Link::flush_if_peer_deleted`] and
+    /// [`Link::end_if_done`].
     #[pin]
-    linger_work: Work<Link>,
+    work: Work<Link>,
     /// The running `linger_timer`, if any. Its handle holds a reference to the link (a cycle
     /// until teardown, which cancels it); the mutex orders cancelling and restarting it.
     #[pin]
@@ -174,7 +190,7 @@ pub(crate) struct Link {
 }
 
 impl_has_work! {
-    impl HasWork<Self> for Link { self.linger_work }
+    impl HasWork<Self> for Link { self.work }
 }
 
 kernel::impl_has_hr_timer! {
@@ -221,13 +237,16 @@ impl Link {
                     torn_down: false,
                     idle_since: None,
                     credit_waiters: false,
+                    delete_in_flight: false,
+                    flush_due: false,
                 }),
                 registration <- new_mutex!(None),
                 wr_base: Atomic::new(0),
                 dropped: Atomic::new(0),
                 device,
+                delete_sent <- new_condvar!("Link::delete_sent"),
                 linger_timer <- HrTimer::new(),
-                linger_work <- new_work!("Link::linger_work"),
+                work <- new_work!("Link::work"),
                 linger_handle <- new_mutex!(None),
             }? Error),
             GFP_KERNEL,
@@ -366,14 +385,16 @@ impl Link {
         }
     }
 
-    /// The linger timer fired: a link still idle for all of [`linger`] goes. Process context.
-    fn linger_ended(&self) {
+    /// An idle link goes once it lingered for all of [`linger`], or at once if it failed.
+    /// Process context.
+    fn end_if_done(&self) {
         let end = {
             let mut state = self.state.lock();
-            let idle_long = state
-                .idle_since
-                .is_some_and(|since| since.elapsed() >= linger());
-            let end = state.conns.is_empty() && idle_long;
+            let done = state.dead
+                || state
+                    .idle_since
+                    .is_some_and(|since| since.elapsed() >= linger());
+            let end = state.conns.is_empty() && state.idle_since.is_some() && done;
             state.dead |= end;
             end
         };
@@ -542,6 +563,42 @@ impl Link {
     pub(crate) fn post_cdc(&self, token: u32, msg: &cdc::Message, data: &[u8]) -> Result {
         let mut bytes = [0u8; cdc::MAX_FRAME_LEN];
         let len = cdc::encode(msg, data, &mut bytes).map_err(|_| EINVAL)?;
+        self.post_message(WR_SEND, token, &bytes[..len])
+    }
+
+    /// Tells the peer that this end of the link goes, with a DELETE LINK: see the module
+    /// documentation. Best effort: without a free send credit, or before the link connected,
+    /// nothing is sent. Whether it was posted.
+    fn post_delete_link(&self) -> bool {
+        {
+            let mut state = self.state.lock();
+            if state.peer.is_none() || state.sq_free == 0 {
+                return false;
+            }
+            state.sq_free -= 1;
+            state.delete_in_flight = true;
+        }
+        let msg = llc::DeleteLink {
+            all: true,
+            orderly: false,
+            link_num: 0,
+            reason: llc::Reason::OP_INIT_TERM,
+        };
+        let mut bytes = [0u8; llc::MSG_LEN];
+        let posted = llc::encode_delete_link(&msg, &mut bytes)
+            .map_err(|_| EINVAL)
+            .and_then(|len| self.post_message(WR_LINK_SEND, 0, &bytes[..len]));
+        if posted.is_err() {
+            self.state.lock().delete_in_flight = false;
+            self.credits_back(1);
+        }
+        posted.is_ok()
+    }
+
+    /// Sends `bytes` from a free message slot, as a work request of `kind` for `token`, with a
+    /// credit the caller took.
+    fn post_message(&self, kind: u64, token: u32, bytes: &[u8]) -> Result {
+        let len = bytes.len();
         let slot = {
             let mut state = self.state.lock();
             let (word, bit) = state
@@ -554,10 +611,10 @@ impl Link {
             word * 64 + bit as usize
         };
         let offset = slot * CDC_SLOT;
-        let posted = self.cdc_tx.write(offset, &bytes[..len]).and_then(|()| {
+        let posted = self.cdc_tx.write(offset, bytes).and_then(|()| {
             let sge = self.cdc_tx.sge(offset, len, self.lkey)?;
             self.qp
-                .post_send(self.wr_id(WR_SEND, slot as u64, token), &sge, true)
+                .post_send(self.wr_id(kind, slot as u64, token), &sge, true)
         });
         if posted.is_err() {
             self.free_slot(slot);
@@ -567,6 +624,42 @@ impl Link {
 
     fn free_slot(&self, slot: usize) {
         self.state.lock().cdc_slots[slot / 64] &= !(1 << (slot % 64));
+    }
+
+    /// Waits up to `wait_ms` milliseconds for our DELETE LINK to complete.
+    fn wait_delete_sent(&self, wait_ms: u32) {
+        let mut state = self.state.lock();
+        let mut left = msecs_to_jiffies(wait_ms);
+        while state.delete_in_flight {
+            match self
+                .delete_sent
+                .wait_interruptible_timeout(&mut state, left)
+            {
+                CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Signal { .. } => return,
+            }
+        }
+    }
+
+    /// The peer deleted its end of the link (its device went): the link fails, and the work
+    /// item flushes the queue pair, so that what is in flight completes now rather than after
+    /// the transport's retries, and ends the link once no connection is left on it.
+    fn peer_deleted(this: ArcBorrow<'_, Self>) {
+        this.state.lock().flush_due = true;
+        this.fail(ECONNRESET);
+        // Already queued is fine: it flushes once it runs.
+        let _ = workqueue::queue().enqueue(Arc::from(this));
+    }
+
+    /// Flushes the queue pair if the peer deleted its end (see [`Link::peer_deleted`]).
+    /// Process context.
+    fn flush_if_peer_deleted(&self) {
+        let flush = core::mem::take(&mut self.state.lock().flush_due);
+        // A failure leaves the queue pair as it was: its work requests then complete after
+        // the transport's retries.
+        if flush {
+            let _ = self.qp.modify_to_error();
+        }
     }
 
     /// The connection with `token`, if it is on the link.
@@ -640,21 +733,31 @@ impl Link {
         }
     }
 
-    /// The device is going away: every connection on the link ends (each leaves, the last
-    /// tears the link down). Process context.
-    ///
-    /// All connections abort first and then share one bounded wait for their aborts: rxe
-    /// closes its UDP sockets before its clients are removed, so no acknowledgement comes
-    /// back and waiting out the transport retries per connection took seconds each. Moving
-    /// the queue pair to the error state then flushes what is still outstanding.
-    pub(crate) fn device_removed(self: &Arc<Self>) {
+    /// The device is going away, first step: every connection on the link aborts, and the
+    /// peer is told that the link goes. Then [`Link::device_removed`]. Process context.
+    pub(crate) fn device_removing(&self) {
         self.state.lock().dead = true;
         self.for_each_conn(|conn| conn.device_removed());
-        let start = Instant::<Monotonic>::now();
-        self.for_each_conn(|conn| {
+        self.post_delete_link();
+    }
+
+    /// The device is going away, last step after [`Link::device_removing`], which the links
+    /// of the device took since `start`: every connection on the link ends (each leaves, the
+    /// last tears the link down). Process context.
+    ///
+    /// The aborts and the DELETE LINK of all links share one bounded wait: rxe closes its UDP
+    /// sockets before its clients are removed, so no acknowledgement comes back and waiting
+    /// out the transport retries per connection took seconds each. Moving the queue pair to
+    /// the error state then flushes what is still outstanding.
+    pub(crate) fn device_removed(self: &Arc<Self>, start: Instant<Monotonic>) {
+        let left = || {
             let waited = u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX);
-            conn.wait_idle(ABORT_WAIT_MS.saturating_sub(waited));
+            ABORT_WAIT_MS.saturating_sub(waited)
+        };
+        self.for_each_conn(|conn| {
+            conn.wait_idle(left());
         });
+        self.wait_delete_sent(left());
         // A failure leaves the queue pair as it was: the releases below then wait for the
         // retries instead.
         let _ = self.qp.modify_to_error();
@@ -673,27 +776,50 @@ impl Link {
         self.state.lock().conns.first().cloned()
     }
 
-    fn received(&self, wc: &WorkCompletion, slot: u32) {
+    /// A message from the peer arrived in receive slot `slot`: a cursor message for one of
+    /// the connections, or the peer's DELETE LINK.
+    fn received(this: ArcBorrow<'_, Self>, wc: &WorkCompletion, slot: u32) {
         if wc.status() != WcStatus::SUCCESS {
-            self.work_failed(wc);
+            this.work_failed(wc);
             return;
         }
         let mut bytes = [0u8; cdc::MAX_FRAME_LEN];
         let offset = slot as usize * CDC_SLOT;
         let frame = match bytes.get_mut(..wc.byte_len() as usize) {
-            Some(frame) => self.cdc_rx.read(offset, frame).map(|()| &*frame),
+            Some(frame) => this.cdc_rx.read(offset, frame).map(|()| &*frame),
             None => Err(EMSGSIZE),
         };
-        if let Err(err) = self.post_recv(slot) {
-            self.fail(err);
+        if let Err(err) = this.post_recv(slot) {
+            this.fail(err);
             return;
         }
-        let msg = frame.ok().and_then(|frame| cdc::decode(frame).ok());
-        match msg.and_then(|(msg, data)| Some((self.conn(msg.token)?, msg, data))) {
+        let Ok(frame) = frame else {
+            this.dropped.add(1, Relaxed);
+            return;
+        };
+        if frame.first() == Some(&llc::DELETE_LINK) {
+            match llc::decode_delete_link(frame) {
+                Ok(_) => Self::peer_deleted(this),
+                Err(_) => {
+                    this.dropped.add(1, Relaxed);
+                }
+            }
+            return;
+        }
+        let msg = cdc::decode(frame).ok();
+        match msg.and_then(|(msg, data)| Some((this.conn(msg.token)?, msg, data))) {
             Some((conn, msg, data)) => conn.cdc_received(&msg, data),
             None => {
-                self.dropped.add(1, Relaxed);
+                this.dropped.add(1, Relaxed);
             }
+        }
+    }
+
+    /// A send work request completed: its credit comes back; a failure fails the link.
+    fn send_done(&self, wc: &WorkCompletion) {
+        self.credits_back(1);
+        if wc.status() != WcStatus::SUCCESS {
+            self.work_failed(wc);
         }
     }
 
@@ -722,29 +848,32 @@ impl Link {
 }
 
 impl CompletionSink for Link {
-    fn complete(&self, wc: &WorkCompletion) {
+    fn complete(self: ArcBorrow<'_, Self>, wc: &WorkCompletion) {
         let id = wc.wr_id();
         // CAST: Masked to 32 bits.
         let low = (id & LOW_MASK) as u32;
+        // CAST: Masked to 12 bits.
+        let slot = ((id >> SLOT_SHIFT) & SLOT_MASK) as usize;
         let finished = match id & KIND_MASK {
-            WR_RECV => return self.received(wc, low),
+            WR_RECV => return Self::received(self, wc, low),
             WR_SEND => {
-                // CAST: Masked to 12 bits.
-                self.free_slot(((id >> SLOT_SHIFT) & SLOT_MASK) as usize);
+                self.free_slot(slot);
                 Finished::Send
+            }
+            WR_LINK_SEND => {
+                self.free_slot(slot);
+                self.state.lock().delete_in_flight = false;
+                self.delete_sent.notify_all();
+                return self.send_done(wc);
             }
             WR_WRITE => Finished::Send,
             WR_REG => Finished::Registration,
             _ => return,
         };
-        let ok = wc.status() == WcStatus::SUCCESS;
         if let Some(conn) = self.conn(low) {
-            conn.work_finished(self, finished, ok);
+            conn.work_finished(&self, finished, wc.status() == WcStatus::SUCCESS);
         }
-        self.credits_back(1);
-        if !ok {
-            self.work_failed(wc);
-        }
+        self.send_done(wc);
     }
 }
 
@@ -752,7 +881,8 @@ impl WorkItem for Link {
     type Pointer = Arc<Link>;
 
     fn run(this: Arc<Link>) {
-        this.linger_ended();
+        this.flush_if_peer_deleted();
+        this.end_if_done();
     }
 }
 

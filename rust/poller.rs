@@ -23,7 +23,7 @@ use kernel::{
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
-        new_spinlock_irq, Arc, SpinLockIrq,
+        new_spinlock_irq, Arc, ArcBorrow, SpinLockIrq,
     },
 };
 
@@ -44,7 +44,7 @@ const SINK_LOCAL_MASK: u64 = (1 << SINK_SHIFT) - 1;
 pub(crate) trait CompletionSink: Send + Sync {
     /// A work request posted with a `wr_id` from this sink's [`SinkRegistration::wr_id`]
     /// completed.
-    fn complete(&self, wc: &WorkCompletion);
+    fn complete(self: ArcBorrow<'_, Self>, wc: &WorkCompletion);
 }
 
 /// The completion queue's event handler: counts events and schedules the NAPI.
@@ -215,7 +215,7 @@ impl Poller {
             .map(|(_, sink)| sink.clone());
         // Called unlocked: a sink may take its own locks.
         if let Some(sink) = sink {
-            sink.complete(wc);
+            sink.as_arc_borrow().complete(wc);
         }
     }
 }

@@ -566,29 +566,43 @@ TEST_F_TIMEOUT(rdma, shared_link, 120)
  */
 #define LINGER_MS 4000
 
-TEST_F_TIMEOUT(rdma, idle_link_lingers, 120)
+/*
+ * Leaves one idle link between rxe_a and rxe_b, lingering for @linger_ms: earlier links go
+ * first, then a connection exchanges a byte and closes.
+ */
+static void make_idle_link(struct __test_metadata *_metadata, const struct topo *topo,
+			   long linger_ms)
 {
-	long n[4] = { 0 }, linger;
-	double idle_from;
+	long n[4] = { 0 };
 	uint8_t byte = 0x5a;
 	int cfd, sfd;
 
-	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
 	/* Earlier tests' idle links go at once. */
 	ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, 0)) TH_LOG("%s", strerror(errno));
 	ASSERT_TRUE(links_settle(0, 0, n))
 		TH_LOG("left over: rxe_a %ld links %ld conns, rxe_b %ld links %ld conns", n[0],
 		       n[1], n[2], n[3]);
-	ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, LINGER_MS));
+	ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger_ms));
 
-	smc_pair(_metadata, variant->topo, &cfd, &sfd);
+	smc_pair(_metadata, topo, &cfd, &sfd);
+	ASSERT_TRUE(expect_mode(_metadata, "client", cfd, RSMC_MODE_RDMA, 0, 0, NULL));
 	ASSERT_EQ(1, write_all(cfd, &byte, 1));
 	ASSERT_EQ(1, read_all(sfd, &byte, 1));
 	EXPECT_EQ(0, close(cfd));
 	EXPECT_EQ(0, close(sfd));
-	EXPECT_TRUE(links_settle(1, 0, n))
+	ASSERT_TRUE(links_settle(1, 0, n))
 		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns after both closed", n[0],
 		       n[1], n[2], n[3]);
+}
+
+TEST_F_TIMEOUT(rdma, idle_link_lingers, 120)
+{
+	long n[4] = { 0 }, linger;
+	double idle_from;
+	int cfd, sfd;
+
+	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
+	make_idle_link(_metadata, variant->topo, LINGER_MS);
 	idle_from = now_ms();
 
 	/* The next connection takes the idle link: one link, not two. */
@@ -1733,16 +1747,40 @@ FIXTURE_TEARDOWN_PARENT(removal)
 /* Bytes each way before the device goes. */
 #define FLOWING_BYTES (1u << 20)
 
+/*
+ * Starts a transfer each way between @cfd and @sfd (threads @t, state @x) and waits until data
+ * flows both ways: several wraps of the rings. A hang then shows up as EAGAIN after the guard
+ * time, not as a test timeout.
+ */
+static void flowing_duplex(struct __test_metadata *_metadata, int cfd, int sfd, int seed,
+			   struct xfer x[4], pthread_t t[4])
+{
+	const struct timeval guard = { .tv_sec = REMOVAL_GUARD_S };
+
+	for (int i = 0; i < 2; i++) {
+		int fd = i ? sfd : cfd;
+
+		ASSERT_EQ(0, setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &guard, sizeof(guard)));
+		ASSERT_EQ(0, setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &guard, sizeof(guard)));
+	}
+	duplex_init(x, cfd, sfd, BULK_BYTES, BULK_BYTES, seed, false);
+	duplex_start(_metadata, x, t);
+	for (double t0 = now_ms(); now_ms() - t0 < 60000; msleep(20))
+		if (xfer_done(&x[1]) >= FLOWING_BYTES && xfer_done(&x[3]) >= FLOWING_BYTES)
+			break;
+	EXPECT_LE(FLOWING_BYTES, xfer_done(&x[1])) TH_LOG("client->server stalled");
+	EXPECT_LE(FLOWING_BYTES, xfer_done(&x[3])) TH_LOG("server->client stalled");
+}
+
 TEST_F_TIMEOUT(removal, device_removal, 300)
 {
 	static const char *const name[4] = {
 		"client sender", "server receiver", "server sender", "client receiver",
 	};
-	const struct timeval guard = { .tv_sec = REMOVAL_GUARD_S };
 	const struct topo *v = variant->topo;
 	struct timespec deadline;
 	struct xfer x[4], y[4];
-	double t0, t_del;
+	double t_del;
 	pthread_t t[4];
 	int cfd, sfd;
 
@@ -1750,22 +1788,7 @@ TEST_F_TIMEOUT(removal, device_removal, 300)
 	/* Over TCP, removing the RDMA device would prove nothing. */
 	ASSERT_TRUE(expect_mode(_metadata, "client", cfd, RSMC_MODE_RDMA, 0, 0, NULL));
 	ASSERT_TRUE(expect_mode(_metadata, "server", sfd, RSMC_MODE_RDMA, 0, 0, NULL));
-	/* A hang shows up as EAGAIN after the guard time, not as a test timeout. */
-	for (int i = 0; i < 2; i++) {
-		int fd = i ? sfd : cfd;
-
-		ASSERT_EQ(0, setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &guard, sizeof(guard)));
-		ASSERT_EQ(0, setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &guard, sizeof(guard)));
-	}
-
-	duplex_init(x, cfd, sfd, BULK_BYTES, BULK_BYTES, 101, false);
-	duplex_start(_metadata, x, t);
-	/* Wait until data flows both ways: several wraps of the rings. */
-	for (t0 = now_ms(); now_ms() - t0 < 60000; msleep(20))
-		if (xfer_done(&x[1]) >= FLOWING_BYTES && xfer_done(&x[3]) >= FLOWING_BYTES)
-			break;
-	EXPECT_LE(FLOWING_BYTES, xfer_done(&x[1])) TH_LOG("client->server stalled before removal");
-	EXPECT_LE(FLOWING_BYTES, xfer_done(&x[3])) TH_LOG("server->client stalled before removal");
+	flowing_duplex(_metadata, cfd, sfd, 101, x, t);
 
 	ASSERT_EQ(0, system("ip netns exec rsmc_b rdma link del rxe_b"));
 	t_del = now_ms();
@@ -1819,6 +1842,67 @@ TEST_F_TIMEOUT(removal, device_removal, 300)
 		    0, 0, FALLBACK_DOWN, FALLBACK_UP);
 	EXPECT_EQ(0, close(cfd));
 	EXPECT_EQ(0, close(sfd));
+}
+
+/*
+ * Waits up to 10 s for rxe_a to have @links links and @conns connections; whether it did.
+ * @got: what it had last.
+ */
+static bool rxe_a_settles(long links, long conns, long got[2])
+{
+	for (int tries = 0; tries < 200; tries++, msleep(50)) {
+		if (rsmc_device_links("rxe_a", &got[0], &got[1]))
+			return false;
+		if (got[0] == links && got[1] == conns)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Well below the time the transport's retries take to fail what is in flight to a peer that
+ * is gone (over 5 s with rsmc's queue pair attributes on rxe).
+ */
+#define PEER_GONE_MS 3000
+
+/*
+ * A device that goes tells the peer of each of its links (LLC DELETE LINK): the peer's end
+ * goes at once. Without that, an idle link would linger (link_linger_ms), and a busy one
+ * would hold its connections until the transport's retries failed what they had in flight.
+ */
+TEST_F_TIMEOUT(removal, peer_ends_its_links_when_the_device_goes, 180)
+{
+	long linger, got[2];
+	struct xfer x[4];
+	pthread_t t[4];
+	int cfd, sfd;
+	double t_del;
+
+	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
+	/* An idle link, which would stay for longer than this test takes. */
+	make_idle_link(_metadata, variant->topo, 120000);
+	ASSERT_EQ(0, system("ip netns exec rsmc_b rdma link del rxe_b"));
+	EXPECT_TRUE(rxe_a_settles(0, 0, got))
+		TH_LOG("rxe_a still has %ld links with %ld connections after rxe_b went", got[0],
+		       got[1]);
+
+	/* A link with data in flight both ways. */
+	ASSERT_EQ(NULL, restore_rxe_b());
+	smc_pair(_metadata, variant->topo, &cfd, &sfd);
+	ASSERT_TRUE(expect_mode(_metadata, "client", cfd, RSMC_MODE_RDMA, 0, 0, NULL));
+	flowing_duplex(_metadata, cfd, sfd, 107, x, t);
+	ASSERT_EQ(0, system("ip netns exec rsmc_b rdma link del rxe_b"));
+	t_del = now_ms();
+	for (int i = 0; i < 4; i++)
+		ASSERT_EQ(0, pthread_join(t[i], NULL));
+	EXPECT_EQ(0, close(cfd));
+	EXPECT_EQ(0, close(sfd));
+	EXPECT_TRUE(rxe_a_settles(0, 0, got))
+		TH_LOG("rxe_a still has %ld links with %ld connections after rxe_b went", got[0],
+		       got[1]);
+	EXPECT_GT(PEER_GONE_MS, now_ms() - t_del)
+		TH_LOG("rxe_a's link and connections went %.0f ms after rxe_b", now_ms() - t_del);
+	EXPECT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
 }
 
 TEST_HARNESS_MAIN

@@ -14,4 +14,4 @@
 #[path = "mod.rs"]
 mod proto;
 
-pub use proto::{cdc, clc, conn, ring, zc};
+pub use proto::{cdc, clc, conn, llc, ring, zc};
