@@ -16,8 +16,8 @@ use crate::{
             File, KernelSocket, MsgHdr, PollTable, SockAddr, SockAddrOut, SockPtr, UserPtr,
         },
         sock::{
-            FamilyRegistration, FamilyTables, Sock, SockRef, Socket, SocketFamily, SOL_SOCKET,
-            SO_RCVLOWAT,
+            FamilyRegistration, FamilyTables, Sock, SockRef, Socket, SocketFamily, SIOCINQ,
+            SIOCOUTQ, SIOCOUTQNSD, SOL_SOCKET, SO_RCVLOWAT,
         },
     },
     listener::Listener,
@@ -571,7 +571,21 @@ impl SocketFamily for AfSmc {
     }
 
     fn ioctl(sock: &Socket<'_, Self>, cmd: u32, arg: usize) -> Result<i32> {
-        sock.state().clc.ioctl(cmd, arg)
+        let state = sock.state();
+        // Over RDMA the TCP socket holds none of the stream: its queues are counted here.
+        let Some(conn) = state.transport.rdma() else {
+            return state.clc.ioctl(cmd, arg);
+        };
+        let queued = conn.queued();
+        let bytes = match cmd {
+            SIOCINQ => queued.unread,
+            SIOCOUTQ => queued.unacked,
+            SIOCOUTQNSD => queued.unsent,
+            _ => return state.clc.ioctl(cmd, arg),
+        };
+        // A ring is at most `RING_SIZE_MAX` bytes: the count fits an `int`.
+        UserPtr::from_addr(arg).write_i32(i32::try_from(bytes).map_err(|_| EOVERFLOW)?)?;
+        Ok(0)
     }
 
     fn release(sock: &Socket<'_, Self>) {

@@ -125,6 +125,18 @@ pub(crate) struct RingEndpoint {
     pub(crate) size: RingSize,
 }
 
+/// The bytes a connection has queued.
+pub(crate) struct Queued {
+    /// In our ring, to read (`SIOCINQ`).
+    pub(crate) unread: u32,
+    /// Written to the peer and not yet acknowledged (`SIOCOUTQ`): the message announcing them
+    /// has not completed.
+    pub(crate) unacked: u32,
+    /// Written to the peer's ring but not yet announced to it (`SIOCOUTQNSD`): the message
+    /// waits for a send credit.
+    pub(crate) unsent: u32,
+}
+
 /// The peer's receive ring and the connection's token, from the handshake.
 pub(crate) struct PeerRing {
     pub(crate) rkey: u32,
@@ -508,6 +520,16 @@ impl Connection {
         drop(self.take_tcp_watch());
     }
 
+    /// The bytes queued, as TCP's `ioctl`s count them: see [`Queued`].
+    pub(crate) fn queued(&self) -> Queued {
+        let state = self.state.lock();
+        Queued {
+            unread: state.conn.readable(),
+            unacked: state.conn.unacked(),
+            unsent: state.conn.unannounced(),
+        }
+    }
+
     /// Payload bytes written to the peer and read from our ring.
     pub(crate) fn rdma_bytes(&self) -> (u64, u64) {
         (
@@ -606,8 +628,10 @@ impl Connection {
             let mut state = self.state.lock();
             state.inflight = state.inflight.saturating_sub(1);
             state.finished += 1;
-            if what == Finished::Registration {
-                state.registered = ok;
+            match what {
+                Finished::Registration => state.registered = ok,
+                Finished::Cdc { prod } if ok => state.conn.on_acked(prod),
+                Finished::Cdc { .. } | Finished::Send => (),
             }
         }
         self.release_zc_chunks(link);

@@ -31,7 +31,7 @@ use crate::{
     },
     ib::Device,
     poller::{CompletionSink, SinkRegistration, CQ_ENTRIES},
-    proto::{cdc, clc::PathMtu, llc},
+    proto::{cdc, clc::PathMtu, llc, ring::Cursor},
 };
 use core::fmt;
 use kernel::{
@@ -104,8 +104,10 @@ const LOW_MASK: u64 = 0xffff_ffff;
 /// What finished, as a connection on the link sees it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Finished {
-    /// An RDMA WRITE or a cursor message.
+    /// An RDMA WRITE.
     Send,
+    /// A cursor message, which announced the producer cursor `prod`.
+    Cdc { prod: Cursor },
     /// The registration of the connection's receive ring.
     Registration,
 }
@@ -622,6 +624,13 @@ impl Link {
         posted
     }
 
+    /// The cursor message in send slot `slot`, read back once its send completed.
+    fn sent_cdc(&self, slot: usize) -> Option<cdc::Message> {
+        let mut bytes = [0u8; cdc::MSG_LEN];
+        self.cdc_tx.read(slot * CDC_SLOT, &mut bytes).ok()?;
+        cdc::decode_header(&bytes).ok()
+    }
+
     fn free_slot(&self, slot: usize) {
         self.state.lock().cdc_slots[slot / 64] &= !(1 << (slot % 64));
     }
@@ -857,8 +866,9 @@ impl CompletionSink for Link {
         let finished = match id & KIND_MASK {
             WR_RECV => return Self::received(self, wc, low),
             WR_SEND => {
+                let sent = self.sent_cdc(slot);
                 self.free_slot(slot);
-                Finished::Send
+                sent.map_or(Finished::Send, |msg| Finished::Cdc { prod: msg.prod })
             }
             WR_LINK_SEND => {
                 self.free_slot(slot);

@@ -14,7 +14,9 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -855,6 +857,52 @@ TEST_F(stream, msg_peek_then_read_same_bytes)
 	errno = 0;
 	EXPECT_EQ(-1, recv(sfd, got, sizeof(got), MSG_PEEK | MSG_DONTWAIT));
 	EXPECT_EQ(EAGAIN, errno);
+	EXPECT_EQ(0, close(cfd));
+	EXPECT_EQ(0, close(sfd));
+}
+
+/* The int an ioctl of @fd reports; -1 (errno set) if it fails. */
+static int ioctl_int(int fd, unsigned long cmd)
+{
+	int n;
+
+	return ioctl(fd, cmd, &n) ? -1 : n;
+}
+
+/*
+ * As TCP's: SIOCINQ (FIONREAD) counts the bytes a read would return; SIOCOUTQ the bytes
+ * written and not yet acknowledged by the peer, SIOCOUTQNSD those not yet sent, so both drain
+ * to 0 once the peer has the data, whether it read it or not. A listener has no such queue.
+ */
+TEST_F(stream, ioctl_counts_queued_bytes)
+{
+	uint8_t out[1000], got[400];
+	int lfd, cfd, sfd, tries;
+	uint16_t port;
+
+	lfd = listen_b(_metadata, variant, true, 0, 0, false, &port);
+	EXPECT_EQ(-1, ioctl_int(lfd, SIOCINQ));
+	EXPECT_EQ(EINVAL, errno);
+	cfd = connect_a_to_b(_metadata, variant, true, port);
+	sfd = accept_within(_metadata, lfd, 0);
+	EXPECT_EQ(0, close(lfd));
+	EXPECT_EQ(0, ioctl_int(sfd, SIOCINQ));
+
+	pattern_fill(out, 53, 0, sizeof(out));
+	ASSERT_EQ(1000, write_all(cfd, out, sizeof(out)));
+	ASSERT_TRUE(wait_events(_metadata, sfd, EPOLLIN, EVENT_WAIT_MS) & EPOLLIN);
+	/* One 1000-byte send arrives together, as with TCP. */
+	EXPECT_EQ(1000, ioctl_int(sfd, SIOCINQ));
+	EXPECT_EQ(1000, ioctl_int(sfd, FIONREAD));
+	ASSERT_EQ(400, recv(sfd, got, sizeof(got), 0));
+	EXPECT_EQ(0, memcmp(out, got, sizeof(got)));
+	EXPECT_EQ(600, ioctl_int(sfd, SIOCINQ));
+
+	for (tries = 0; tries < 200 && ioctl_int(cfd, SIOCOUTQ) != 0; tries++)
+		msleep(10);
+	EXPECT_EQ(0, ioctl_int(cfd, SIOCOUTQ)) TH_LOG("never acknowledged: %s", strerror(errno));
+	EXPECT_EQ(0, ioctl_int(cfd, SIOCOUTQNSD));
+	EXPECT_EQ(0, ioctl_int(cfd, SIOCINQ));
 	EXPECT_EQ(0, close(cfd));
 	EXPECT_EQ(0, close(sfd));
 }

@@ -5,6 +5,7 @@
 #include <linux/netdevice.h>
 #include <linux/net.h>
 #include <linux/socket.h>
+#include <asm/ioctls.h>
 #include <linux/in.h>
 #include <linux/in6.h>
 #include <net/busy_poll.h>

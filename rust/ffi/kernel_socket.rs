@@ -142,6 +142,12 @@ impl UserPtr {
         Self(ptr)
     }
 
+    /// The user address `addr` (e.g. an `ioctl` argument).
+    pub(crate) fn from_addr(addr: usize) -> Self {
+        // CAST: A user address, only handed to the user-copy functions.
+        Self(addr as *mut kernel::ffi::c_void)
+    }
+
     fn slice(self, len: usize) -> UserSlice {
         UserSlice::new(kernel::uaccess::UserPtr::from_ptr(self.0), len)
     }

@@ -33,6 +33,12 @@ use kernel::{
 pub(crate) const SOL_SOCKET: i32 = 1;
 /// `SO_RCVLOWAT`.
 pub(crate) const SO_RCVLOWAT: i32 = 18;
+/// `ioctl`s that count a stream socket's queued bytes: to read (`SIOCINQ`, also `FIONREAD`),
+/// not yet acknowledged (`SIOCOUTQ`), not yet sent (`SIOCOUTQNSD`). Their numbers depend on the
+/// architecture; `include/uapi/linux/sockios.h` defines the first two as these.
+pub(crate) const SIOCINQ: u32 = sys::FIONREAD;
+pub(crate) const SIOCOUTQ: u32 = sys::TIOCOUTQ;
+pub(crate) const SIOCOUTQNSD: u32 = sys::SIOCOUTQNSD;
 
 /// Where a family's Rust state `S` lives in each socket's allocation: right after the
 /// `struct sock`, whose size comes from C (bindgen's `struct sock` is not trusted, see

@@ -124,6 +124,18 @@ pub const fn seq_newer(a: u16, b: u16) -> bool {
 
 /// Decodes the CDC message that fills `buf` exactly; returns it with its inline data.
 pub fn decode(buf: &[u8]) -> Result<(Message, &[u8]), Error> {
+    let msg = decode_header(buf)?;
+    let len = usize::from(buf[1]);
+    match buf.len() {
+        n if n < len => Err(Error::Truncated),
+        n if n > len => Err(Error::TrailingBytes),
+        _ => Ok((msg, &buf[MSG_LEN..])),
+    }
+}
+
+/// Decodes the message at the start of `buf`, without its inline data: how the sender reads
+/// back a message it sent.
+pub fn decode_header(buf: &[u8]) -> Result<Message, Error> {
     let b: &[u8; MSG_LEN] = buf
         .get(..MSG_LEN)
         .and_then(|b| b.try_into().ok())
@@ -131,20 +143,14 @@ pub fn decode(buf: &[u8]) -> Result<(Message, &[u8]), Error> {
     if b[0] != MSG_TYPE {
         return Err(Error::BadType(b[0]));
     }
-    let len = usize::from(b[1]);
-    if len < MSG_LEN {
+    if usize::from(b[1]) < MSG_LEN {
         return Err(Error::BadLength(b[1]));
     }
-    let data = match buf.len() {
-        n if n < len => return Err(Error::Truncated),
-        n if n > len => return Err(Error::TrailingBytes),
-        _ => &buf[MSG_LEN..],
-    };
     let token = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
     if token == 0 {
         return Err(Error::ZeroToken);
     }
-    let msg = Message {
+    Ok(Message {
         seq: u16::from_be_bytes([b[2], b[3]]),
         token,
         prod: Cursor {
@@ -162,8 +168,7 @@ pub fn decode(buf: &[u8]) -> Result<(Message, &[u8]), Error> {
             peer_conn_closed: b[25] & CONN_PEER_CONN_CLOSED != 0,
             peer_conn_abort: b[25] & CONN_PEER_CONN_ABORT != 0,
         },
-    };
-    Ok((msg, data))
+    })
 }
 
 /// Encodes `msg` followed by the inline `data` at the start of `buf`; returns the number of bytes
@@ -431,6 +436,19 @@ mod tests {
             assert!(!seq_newer(seq, next));
             seq = next;
         }
+    }
+
+    /// The header decodes alone, whatever inline data follows it, or none of it.
+    #[test]
+    fn header_decodes_without_its_data() {
+        let msg = sample();
+        let mut buf = [0u8; MSG_LEN + 16];
+        assert_eq!(encode(&msg, &[7; 16], &mut buf), Ok(MSG_LEN + 16));
+        assert_eq!(decode_header(&buf), Ok(msg));
+        assert_eq!(decode_header(&buf[..MSG_LEN]), Ok(msg));
+        assert_eq!(decode_header(&buf[..MSG_LEN - 1]), Err(Error::Truncated));
+        buf[0] = 0x04;
+        assert_eq!(decode_header(&buf), Err(Error::BadType(0x04)));
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct Conn {
     prod: Cursor,
     /// `prod` as of the last built message.
     announced: Cursor,
+    /// `prod` as of the last of our messages the peer acknowledged (see [`Conn::on_acked`]).
+    acked: Cursor,
     /// The peer's last reported consumer cursor for its ring.
     peer_cons: Cursor,
     /// How far we have read our ring.
@@ -143,6 +145,7 @@ impl Conn {
             token,
             prod: Cursor::ZERO,
             announced: Cursor::ZERO,
+            acked: Cursor::ZERO,
             peer_cons: Cursor::ZERO,
             cons: Cursor::ZERO,
             reported: Cursor::ZERO,
@@ -219,6 +222,22 @@ impl Conn {
     /// ([`Conn::next_cdc`] announces them).
     pub fn unannounced(&self) -> u32 {
         self.peer_ring.diff(self.announced, self.prod).unwrap_or(0)
+    }
+
+    /// Records that the peer acknowledged one of our messages, which announced `prod`: the
+    /// bytes before it (and the RDMA writes that carried them) reached the peer. A cursor
+    /// behind the last one recorded, or past everything produced, changes nothing.
+    pub fn on_acked(&mut self, prod: Cursor) {
+        let ahead = self.peer_ring.diff(self.acked, prod);
+        if ahead.is_some_and(|ahead| Some(ahead) <= self.peer_ring.diff(self.acked, self.prod)) {
+            self.acked = prod;
+        }
+    }
+
+    /// Returns the number of bytes produced that the peer has not acknowledged yet (see
+    /// [`Conn::on_acked`]), TCP's `SIOCOUTQ`.
+    pub fn unacked(&self) -> u32 {
+        self.peer_ring.diff(self.acked, self.prod).unwrap_or(0)
     }
 
     /// Returns the number of bytes the peer announced that we have not consumed yet.
@@ -496,6 +515,36 @@ mod tests {
         assert!(!conn.consume(1));
         let first = conn.next_cdc();
         assert_eq!(first, msg(0, Cursor::ZERO, Cursor::ZERO));
+    }
+
+    /// Bytes stay unacknowledged until a message announcing them is; an acknowledgement
+    /// older than one seen already, or past what was produced, changes nothing.
+    #[test]
+    fn acknowledgements_drain_unacked_bytes() {
+        let mut conn = Conn::new(const { size(100) }, const { size(10) }, TOKEN);
+        assert_eq!(conn.unacked(), 0);
+        assert!(conn.produce(4).is_some());
+        let first = conn.next_cdc();
+        assert!(conn.produce(6).is_some());
+        let second = conn.next_cdc();
+        assert_eq!(conn.unacked(), 10);
+        conn.on_acked(first.prod);
+        assert_eq!(conn.unacked(), 6);
+        conn.on_acked(Cursor::ZERO);
+        assert_eq!(conn.unacked(), 6);
+        conn.on_acked(at(1, 1));
+        assert_eq!(conn.unacked(), 6);
+        conn.on_acked(second.prod);
+        assert_eq!(conn.unacked(), 0);
+        assert_eq!(conn.unannounced(), 0);
+        // Around the ring: the peer consumed, and the next bytes wrap.
+        assert!(conn.on_cdc(&msg(0, Cursor::ZERO, at(1, 0)), 0).is_ok());
+        assert!(conn.produce(8).is_some());
+        let third = conn.next_cdc();
+        assert_eq!(third.prod, at(1, 8));
+        assert_eq!(conn.unacked(), 8);
+        conn.on_acked(third.prod);
+        assert_eq!(conn.unacked(), 0);
     }
 
     #[test]
