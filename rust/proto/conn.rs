@@ -100,7 +100,9 @@ pub struct Conn {
     prod: Cursor,
     /// `prod` as of the last built message.
     announced: Cursor,
-    /// `prod` as of the last of our messages the peer acknowledged (see [`Conn::on_acked`]).
+    /// How far the peer provably has our bytes: `prod` of the last of our messages it
+    /// acknowledged (see [`Conn::on_acked`]), or its consumer cursor if that is further. Always
+    /// between `peer_cons` and `prod`, so within one ring of both.
     acked: Cursor,
     /// The peer's last reported consumer cursor for its ring.
     peer_cons: Cursor,
@@ -417,6 +419,11 @@ impl Conn {
         self.last_seq = Some(msg.seq);
         self.peer_prod = msg.prod;
         self.peer_cons = msg.cons;
+        // Bytes the peer consumed reached it, even if the acknowledgement of the message that
+        // announced them is still to be reaped.
+        if self.peer_ring.diff(self.acked, msg.cons).is_some() {
+            self.acked = msg.cons;
+        }
         self.peer = Flags {
             write_blocked: msg.flags.write_blocked,
             cons_update_requested: msg.flags.cons_update_requested,
@@ -544,6 +551,25 @@ mod tests {
         assert_eq!(third.prod, at(1, 8));
         assert_eq!(conn.unacked(), 8);
         conn.on_acked(third.prod);
+        assert_eq!(conn.unacked(), 0);
+    }
+
+    /// The peer's consumer cursor acknowledges too: with the acknowledgement of a message
+    /// reaped after the peer's report that it consumed, and a full ring written since, the
+    /// count stays right and later acknowledgements still apply.
+    #[test]
+    fn consumed_bytes_count_as_acknowledged() {
+        let mut conn = Conn::new(const { size(100) }, const { size(10) }, TOKEN);
+        assert!(conn.produce(10).is_some());
+        let first = conn.next_cdc();
+        assert!(conn.on_cdc(&msg(0, Cursor::ZERO, at(1, 0)), 0).is_ok());
+        assert_eq!(conn.unacked(), 0);
+        assert!(conn.produce(10).is_some());
+        let second = conn.next_cdc();
+        assert_eq!(conn.unacked(), 10);
+        conn.on_acked(first.prod);
+        assert_eq!(conn.unacked(), 10);
+        conn.on_acked(second.prod);
         assert_eq!(conn.unacked(), 0);
     }
 
