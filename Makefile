@@ -14,7 +14,7 @@ endif
 # KDIR= builds against a user's own Rust-enabled kernel tree instead of the cached test kernel.
 export KDIR
 
-.PHONY: all deps kernel module host-test selftests check vm demo bench clippy fmt clean
+.PHONY: all deps kernel module host-test fuzz selftests check vm demo bench clippy fmt clean
 
 all: module
 
@@ -30,6 +30,11 @@ module: deps
 
 host-test:
 	cd rust/proto && cargo test
+
+# libFuzzer on the protocol core: FUZZ_SECONDS per target, on a corpus kept in the cache.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 selftests: deps
 	+$(MAKE) -C selftests
@@ -56,10 +61,11 @@ vm: module
 clippy:
 	+$(MAKE) module CLIPPY=1
 	cd rust/proto && cargo clippy --all-targets -- -D warnings
+	cd rust/proto/fuzz && CARGO_TARGET_DIR=$(RSMC_CACHE)/fuzz/clippy cargo clippy -- -D warnings
 
 # rustfmt follows `mod` declarations from the crate roots (config: .rustfmt.toml).
 fmt:
-	rustfmt --check rust/rsmc_main.rs rust/proto/host.rs
+	rustfmt --check rust/rsmc_main.rs rust/proto/host.rs rust/proto/fuzz/*.rs
 
 clean:
-	rm -rf $(RSMC_CACHE)/obj rust/proto/target selftests/out
+	rm -rf $(RSMC_CACHE)/obj $(RSMC_CACHE)/fuzz/target $(RSMC_CACHE)/fuzz/clippy rust/proto/target selftests/out

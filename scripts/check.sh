@@ -21,7 +21,7 @@ fail() {
 
 # Tier 1: host tests of the pure protocol core.
 host_log=$(mktemp)
-trap 'rm -f "$host_log" "${vm_log:-}" "${build_log:-}"' EXIT
+trap 'rm -f "$host_log" "${fuzz_log:-}" "${vm_log:-}" "${build_log:-}"' EXIT
 (cd rust/proto && cargo test 2>&1) | tee "$host_log"
 read -r hp hf < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
 	END { print p + 0, f + 0 }' "$host_log")
@@ -30,6 +30,17 @@ grep -q '^test result:' "$host_log" || fail "host tests did not build or run"
 passed=$((passed + hp))
 failed=$((failed + hf))
 summary+=("host (cargo test): $hp passed, $hf failed")
+
+# Tier 1b: the protocol core's fuzz targets, each for a fixed number of runs from a fixed
+# seed (`make fuzz` runs them for longer, on a growing corpus).
+fuzz_log=$(mktemp)
+"$here/fuzz.sh" --smoke 2>&1 | tee "$fuzz_log"
+[ "${PIPESTATUS[0]}" = 0 ] || fail "fuzz smoke run"
+fp=$(grep -c '^fuzz: .* ok$' "$fuzz_log")
+ft=$(sed -n 's/^name = "\([a-z_]*\)"$/\1/p' rust/proto/fuzz/Cargo.toml | grep -vc '^rsmc')
+[ "$fp" = "$ft" ] || fail "fuzz: $fp of $ft targets ran clean"
+passed=$((passed + fp))
+summary+=("fuzz smoke (libFuzzer): $fp of $ft targets clean")
 
 # Build what the VM needs, with clippy; a build failure fails everything after it, and any
 # compiler, clippy or objtool warning is a failure too.
@@ -47,15 +58,16 @@ if grep -q 'warning' "$build_log"; then
 else
 	lp=$((lp + 1))
 fi
-if (cd rust/proto && cargo clippy -q --all-targets -- -D warnings); then
+if (cd rust/proto && cargo clippy -q --all-targets -- -D warnings) &&
+	(cd rust/proto/fuzz && CARGO_TARGET_DIR=${RSMC_CACHE:-$HOME/.cache/rsmc}/fuzz/clippy cargo clippy -q -- -D warnings); then
 	lp=$((lp + 1))
 else
 	fail "host clippy"
 fi
-if rustfmt --check rust/rsmc_main.rs rust/proto/host.rs >/dev/null; then
+if rustfmt --check rust/rsmc_main.rs rust/proto/host.rs rust/proto/fuzz/*.rs >/dev/null; then
 	lp=$((lp + 1))
 else
-	fail "rustfmt: run 'rustfmt rust/rsmc_main.rs rust/proto/host.rs'"
+	fail "rustfmt: run 'rustfmt rust/rsmc_main.rs rust/proto/host.rs rust/proto/fuzz/*.rs'"
 fi
 passed=$((passed + lp))
 summary+=("lint (module clippy, host clippy, rustfmt): $lp of 3 clean")
