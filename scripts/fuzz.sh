@@ -30,7 +30,7 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-targets=$(sed -n 's/^name = "\([a-z_]*\)"$/\1/p' "$crate/Cargo.toml" | grep -v '^rsmc')
+targets=$(sed -n 's/^name = "\([a-z_]*\)"$/\1/p' "$crate/Cargo.toml")
 for target in $targets; do
 	bin=$CARGO_TARGET_DIR/$host/release/$target
 	artifacts=$RSMC_CACHE/fuzz/artifacts/$target
