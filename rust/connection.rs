@@ -1151,17 +1151,21 @@ impl Connection {
             .is_some_and(|link| link.has_credits(WRS_PER_SEND))
     }
 
-    /// `shutdown(2)`: `read` and/or `write` side.
+    /// `shutdown(2)`: `read` and/or `write` side. On a failed connection, as on a TCP socket
+    /// after a reset, the shutdown applies but `ENOTCONN` reports that nothing could be sent;
+    /// the socket's pending error stays for the next call that reports it.
     pub(crate) fn shutdown(&self, read: bool, write: bool) -> Result {
-        {
+        let failed = {
             let mut state = self.state.lock();
-            if let Some(err) = state.error {
-                return Err(err);
-            }
             state.rd_shut |= read;
             if write {
                 state.conn.shutdown_write();
             }
+            state.error.is_some()
+        };
+        if failed {
+            self.wake(Sock::state_change);
+            return Err(ENOTCONN);
         }
         if write {
             let link = self.link()?;

@@ -1301,6 +1301,37 @@ TEST_F(stream, linger0_close_resets_peer)
 	EXPECT_EQ(0, close(sfd));
 }
 
+/*
+ * After the peer reset the connection, as TCP: shutdown() fails with ENOTCONN and leaves the
+ * pending error, which the next recv() reports once; then end of file. Plain TCP first, so the
+ * test states the kernel's behaviour before holding rsmc to it.
+ */
+TEST_F(stream, shutdown_after_peer_reset_is_enotconn)
+{
+	for (int smc = 0; smc <= 1; smc++) {
+		const char *kind = smc ? "AF_SMC" : "TCP";
+		uint16_t port;
+		int lfd = listen_b(_metadata, variant, smc, 0, 0, false, &port);
+		int cfd = connect_a_to_b(_metadata, variant, smc, port);
+		int sfd = accept_within(_metadata, lfd, 0);
+		char c;
+		int ev;
+
+		EXPECT_EQ(0, close(lfd));
+		abort_close(_metadata, cfd);
+		ev = wait_events(_metadata, sfd, EPOLLERR, EVENT_WAIT_MS);
+		ASSERT_TRUE(ev & EPOLLERR) TH_LOG("%s: no reset, events 0x%x", kind, ev);
+		errno = 0;
+		EXPECT_EQ(-1, shutdown(sfd, SHUT_WR));
+		EXPECT_EQ(ENOTCONN, errno) TH_LOG("%s: shutdown: %s", kind, strerror(errno));
+		errno = 0;
+		EXPECT_EQ(-1, recv(sfd, &c, 1, 0));
+		EXPECT_EQ(ECONNRESET, errno) TH_LOG("%s: recv: %s", kind, strerror(errno));
+		EXPECT_EQ(0, recv(sfd, &c, 1, 0)) TH_LOG("%s: recv: %s", kind, strerror(errno));
+		EXPECT_EQ(0, close(sfd));
+	}
+}
+
 struct blocked_read {
 	int fd;
 	ssize_t ret;
