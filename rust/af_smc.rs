@@ -63,6 +63,9 @@ const SO_ZEROCOPY: i32 = 60;
 const SO_REUSEPORT: i32 = 15;
 /// `MSG_ERRQUEUE`.
 const MSG_ERRQUEUE: i32 = 0x2000;
+/// `SOL_TCP` and `TCP_ULP`.
+const SOL_TCP: i32 = 6;
+const TCP_ULP: i32 = 31;
 
 /// `struct rsmc_info` (`include/uapi/linux/rsmc.h`), as bytes in its C layout.
 struct Info {
@@ -491,6 +494,12 @@ impl SocketFamily for AfSmc {
     ) -> Result {
         if level == SOL_SMC {
             return Err(ENOPROTOOPT);
+        }
+        if level == SOL_TCP && name == TCP_ULP {
+            // An upper-layer protocol (kTLS, say) would take over the internal TCP socket's
+            // protocol and callbacks, which rsmc's handshake and connection watch rely on.
+            // Stock SMC refuses it too.
+            return Err(EOPNOTSUPP);
         }
         if level == SOL_SOCKET && name == SO_ZEROCOPY {
             // The generic handler allows it for TCP, UDP and RDS only; the internal TCP

@@ -1470,6 +1470,31 @@ TEST_F(stream, accepted_socket_inherits_listener_options)
 	EXPECT_EQ(0, close(sfd));
 }
 
+/*
+ * TCP_ULP is refused, as stock SMC refuses it: an upper-layer protocol (kTLS, say) would take
+ * over the internal TCP socket. Before connecting, on a connection over RDMA and on one that
+ * fell back to TCP.
+ */
+TEST_F(stream, tcp_ulp_is_eopnotsupp)
+{
+	uint16_t port;
+	int lfd = listen_b(_metadata, variant, false, 0, 0, false, &port);
+	int fds[3], cfd, sfd;
+
+	fds[0] = client_a(_metadata, variant, true, 0);
+	smc_pair(_metadata, variant, &cfd, &sfd);
+	fds[1] = cfd;
+	fds[2] = connect_a_to_b(_metadata, variant, true, port);
+	for (int i = 0; i < 3; i++) {
+		errno = 0;
+		EXPECT_EQ(-1, setsockopt(fds[i], SOL_TCP, TCP_ULP, "tls", 3));
+		EXPECT_EQ(EOPNOTSUPP, errno) TH_LOG("socket %d: %s", i, strerror(errno));
+		EXPECT_EQ(0, close(fds[i]));
+	}
+	EXPECT_EQ(0, close(sfd));
+	EXPECT_EQ(0, close(lfd));
+}
+
 TEST_F(stream, tcp_nodelay_roundtrip)
 {
 	int cfd, sfd, fd, val = -1;
