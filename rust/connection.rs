@@ -23,8 +23,9 @@
 //!
 //! Completions arrive through the device's NAPI poll, via the link; everything they touch is
 //! behind IRQ-safe spinlocks, and copies to and from user memory happen unlocked, serialised
-//! per direction by `tx_lock` and `rx_lock` (the socket lock's role). Lock order: a
-//! connection's `state`, then its `link` slot, then the link's own lock.
+//! per direction by `tx_lock` and `rx_lock` (the socket lock's role). Lock order: `tx_lock`,
+//! then `send_step_lock`, then a connection's `state`, then its `link` slot, then the link's
+//! own lock.
 
 use crate::{
     ffi::{
@@ -262,6 +263,11 @@ pub(crate) struct Connection {
     tx_lock: Mutex<()>,
     #[pin]
     rx_lock: Mutex<()>,
+    /// Held by a send from taking room to announcing the bytes, and by a shutdown of the
+    /// write side, so that the end of the stream comes after every byte a send took room
+    /// for, as a TCP send holds the socket lock. Never held across a wait for room.
+    #[pin]
+    send_step_lock: Mutex<()>,
     rdma_tx_bytes: Atomic<u64>,
     rdma_rx_bytes: Atomic<u64>,
     /// Releases a closed connection once its peer closed too (from the completion handler).
@@ -334,6 +340,7 @@ impl Connection {
                 tcp_watch <- new_spinlock!(None),
                 tx_lock <- new_mutex!(()),
                 rx_lock <- new_mutex!(()),
+                send_step_lock <- new_mutex!(()),
                 rdma_tx_bytes: Atomic::new(0),
                 rdma_rx_bytes: Atomic::new(0),
                 release_work <- new_work!("Connection::release_work"),
@@ -766,9 +773,11 @@ impl Connection {
         let mut sent = 0usize;
         while sent < len {
             let want = u32::try_from(len - sent).unwrap_or(u32::MAX);
+            let step = self.send_step_lock.lock();
             let room = match self.send_room(want) {
                 Ok(Some(room)) => room,
                 Ok(None) => {
+                    drop(step);
                     // As TCP's sk_stream_wait_memory: spin for the peer's consumer update
                     // first, once per call, if busy polling is on.
                     if !busy_polled {
@@ -787,7 +796,9 @@ impl Connection {
                 Err(_) if sent == 0 => return Err(sk.stream_error(flags, EPIPE)),
                 Err(_) => break,
             };
-            match self.send_step(msg, room, zc) {
+            let stepped = self.send_step(msg, room, zc);
+            drop(step);
+            match stepped {
                 Ok(0) => break,
                 Ok(n) => sent += n,
                 Err(err) if sent == 0 => return Err(err),
@@ -914,7 +925,7 @@ impl Connection {
             *credits -= 1;
             offset += segment.len as usize;
         }
-        self.state.lock().conn.produce(len);
+        self.produce(len)?;
         *credits -= 1;
         self.send_cdc(link, true)?;
         self.rdma_tx_bytes.add(u64::from(len), Relaxed);
@@ -940,7 +951,8 @@ impl Connection {
         {
             let mut state = self.state.lock();
             // CAST: At most `room`, a `u32`.
-            let cdc = state.conn.next_cdc_inline(copied as u32).ok_or(EINVAL)?;
+            // As in `produce`: only an abort takes the room away.
+            let cdc = state.conn.next_cdc_inline(copied as u32).ok_or(EPIPE)?;
             self.post_cdc(&mut state, link, &cdc, &data[..copied])?;
         }
         *credits -= 1;
@@ -989,11 +1001,17 @@ impl Connection {
         }
         // The bytes are announced only now that their WRITEs are posted: a cursor message
         // sent meanwhile (e.g. a consumer update from the NAPI poll) goes after them.
-        self.state.lock().conn.produce(copied);
+        self.produce(copied)?;
         *credits -= 1;
         self.send_cdc(link, true)?;
         self.rdma_tx_bytes.add(u64::from(copied), Relaxed);
         Ok(copied as usize)
+    }
+
+    /// Announces `len` bytes whose WRITEs are posted. The room they took is theirs (a
+    /// shutdown waits for the send step), so only an abort since then refuses them.
+    fn produce(&self, len: u32) -> Result {
+        self.state.lock().conn.produce(len).map(|_| ()).ok_or(EPIPE)
     }
 
     /// `recvmsg`: copies from the receive ring, waiting as TCP does for `lowat` bytes
@@ -1155,6 +1173,7 @@ impl Connection {
     /// after a reset, the shutdown applies but `ENOTCONN` reports that nothing could be sent;
     /// the socket's pending error stays for the next call that reports it.
     pub(crate) fn shutdown(&self, read: bool, write: bool) -> Result {
+        let _step = write.then(|| self.send_step_lock.lock());
         let failed = {
             let mut state = self.state.lock();
             state.rd_shut |= read;

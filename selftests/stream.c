@@ -636,6 +636,93 @@ TEST_F(stream, half_close_server_can_still_send)
 	EXPECT_EQ(0, close(sfd));
 }
 
+struct racing_sender {
+	int fd;
+	size_t chunk;
+	uint64_t accepted;	/* bytes the sends returned */
+	int err;		/* errno of the send that failed */
+};
+
+static void *send_until_shut(void *arg)
+{
+	static char buf[64 * 1024];
+	struct racing_sender *s = arg;
+
+	for (;;) {
+		ssize_t n = send(s->fd, buf, s->chunk, MSG_NOSIGNAL);
+
+		if (n < 0) {
+			s->err = errno;
+			return NULL;
+		}
+		s->accepted += n;
+	}
+}
+
+struct counting_reader {
+	int fd;
+	uint64_t received;
+	int err;
+};
+
+static void *read_to_eof(void *arg)
+{
+	static char buf[64 * 1024];
+	struct counting_reader *r = arg;
+
+	for (;;) {
+		ssize_t n = recv(r->fd, buf, sizeof(buf), 0);
+
+		if (n <= 0) {
+			r->err = n ? errno : 0;
+			return NULL;
+		}
+		r->received += n;
+	}
+}
+
+/*
+ * shutdown(SHUT_WR) from one thread while another sends, as TCP: every byte a send returned
+ * reaches the peer before its end of file, the sender then fails with EPIPE, and the
+ * connection stays up the other way. Inline-sized and ring-sized sends, at random moments.
+ */
+TEST_F_TIMEOUT(stream, shutdown_while_sending_loses_nothing, 120)
+{
+	static const size_t chunks[] = { 100, 16 << 10, 64 << 10 };
+	int rounds = rsmc_debug_kernel() ? 4 : 20;
+	uint32_t rng = 0x5eed;
+
+	for (int round = 0; round < rounds; round++) {
+		for (size_t i = 0; i < sizeof(chunks) / sizeof(chunks[0]); i++) {
+			struct racing_sender snd = { .chunk = chunks[i] };
+			struct counting_reader rcv = {};
+			pthread_t ts, tr;
+			int cfd, sfd;
+			char c = 'x';
+
+			smc_pair(_metadata, variant, &cfd, &sfd);
+			snd.fd = cfd;
+			rcv.fd = sfd;
+			ASSERT_EQ(0, pthread_create(&tr, NULL, read_to_eof, &rcv));
+			ASSERT_EQ(0, pthread_create(&ts, NULL, send_until_shut, &snd));
+			usleep(xorshift32(&rng) % 5000);
+			ASSERT_EQ(0, shutdown(cfd, SHUT_WR)) TH_LOG("shutdown: %s", strerror(errno));
+			ASSERT_EQ(0, pthread_join(ts, NULL));
+			ASSERT_EQ(0, pthread_join(tr, NULL));
+			EXPECT_EQ(EPIPE, snd.err) TH_LOG("send: %s", strerror(snd.err));
+			EXPECT_EQ(0, rcv.err) TH_LOG("recv: %s", strerror(rcv.err));
+			ASSERT_EQ(snd.accepted, rcv.received)
+				TH_LOG("round %d, %zu-byte sends: %llu bytes sent, %llu received",
+				       round, chunks[i], (unsigned long long)snd.accepted,
+				       (unsigned long long)rcv.received);
+			ASSERT_EQ(1, send(sfd, &c, 1, 0)) TH_LOG("reply: %s", strerror(errno));
+			ASSERT_EQ(1, recv(cfd, &c, 1, 0)) TH_LOG("reply: %s", strerror(errno));
+			EXPECT_EQ(0, close(cfd));
+			EXPECT_EQ(0, close(sfd));
+		}
+	}
+}
+
 TEST_F(stream, half_close_epollrdhup_on_server)
 {
 	int ev;
