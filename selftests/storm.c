@@ -20,6 +20,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #include "kselftest_harness.h"
 #include "rsmc_selftest.h"
@@ -307,11 +308,10 @@ static bool connections_gone(long conns[2])
 	return false;
 }
 
-TEST_F_TIMEOUT(storm, random_calls_then_close_leave_nothing, 300)
+/* Makes @steps random calls on random ends. */
+static void storm_run(struct __test_metadata *_metadata, FIXTURE_DATA(storm) *self,
+		      const FIXTURE_VARIANT(storm) *variant, int steps)
 {
-	int steps = rsmc_debug_kernel() ? 20000 : 100000;
-	long conns[2] = { -1, -1 };
-	char left[2048];
 	double start = now_ms();
 
 	for (int step = 0; step < steps; step++) {
@@ -339,13 +339,62 @@ TEST_F_TIMEOUT(storm, random_calls_then_close_leave_nothing, 300)
 	}
 	TH_LOG("%d calls in %.0f ms: %ld bytes sent, %ld received, %ld pairs made anew", steps,
 	       now_ms() - start, self->sent, self->received, self->reconnects);
+}
+
+static void close_all(struct __test_metadata *_metadata, FIXTURE_DATA(storm) *self)
+{
 	for (int end = 0; end < ENDS; end++) {
 		ASSERT_EQ(0, close(self->fd[end]));
 		self->fd[end] = -1;
 	}
+}
+
+static void assert_connections_gone(struct __test_metadata *_metadata)
+{
+	long conns[2] = { -1, -1 };
+	char left[2048];
+
 	ASSERT_TRUE(connections_gone(conns))
 		TH_LOG("connections left 20 s after both ends closed: %ld on rxe_a, %ld on rxe_b:\n%s",
 		       conns[0], conns[1], rsmc_connections_text(left, sizeof(left)));
+}
+
+static int storm_steps(void)
+{
+	return rsmc_debug_kernel() ? 20000 : 100000;
+}
+
+TEST_F_TIMEOUT(storm, random_calls_then_close_leave_nothing, 300)
+{
+	storm_run(_metadata, self, variant, storm_steps());
+	close_all(_metadata, self);
+	assert_connections_gone(_metadata);
+}
+
+/*
+ * The same from two processes that share the sockets, so that sends, receives, options and
+ * shutdowns race on each one. The second process makes its new pairs on a listener of its own.
+ */
+TEST_F_TIMEOUT(storm, two_processes_share_the_sockets, 300)
+{
+	int status;
+	pid_t child = fork();
+
+	ASSERT_LE(0, child) TH_LOG("fork: %s", strerror(errno));
+	if (!child) {
+		self->rng = self->rng * 2654435761u | 1;
+		self->lfd = listen_in(_metadata, variant->topo, NS_SERVER, variant->topo->addr_b,
+				      variant->smc_server, &self->port);
+		storm_run(_metadata, self, variant, storm_steps() / 2);
+		close_all(_metadata, self);
+		_exit(0);
+	}
+	storm_run(_metadata, self, variant, storm_steps() / 2);
+	ASSERT_EQ(child, waitpid(child, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status) && !WEXITSTATUS(status))
+		TH_LOG("the other process ended with status %#x", status);
+	close_all(_metadata, self);
+	assert_connections_gone(_metadata);
 }
 
 TEST_HARNESS_MAIN
