@@ -892,7 +892,7 @@ impl Connection {
         let len = pages.len() as u32;
         let (segments, remote_base, rkey) = {
             let state = self.state.lock();
-            let segments = state.conn.write_segments(len).ok_or(EINVAL)?;
+            let segments = state.conn.write_segments(len).ok_or(EPIPE)?;
             (segments, state.peer_ring_addr, state.peer_rkey)
         };
         link.attach_pinned(chunk.clone())?;
@@ -968,7 +968,7 @@ impl Connection {
         credits: &mut u32,
     ) -> Result<usize> {
         let tx_buf = self.tx_buf()?;
-        let segments = self.state.lock().conn.write_segments(room).ok_or(EINVAL)?;
+        let segments = self.state.lock().conn.write_segments(room).ok_or(EPIPE)?;
         let mut copied = 0u32;
         for segment in segments.iter() {
             let n = tx_buf.copy_from_msg(segment.offset as usize, msg, segment.len as usize)?;
@@ -983,7 +983,7 @@ impl Connection {
         }
         let (segments, remote_base, rkey) = {
             let state = self.state.lock();
-            let segments = state.conn.write_segments(copied).ok_or(EINVAL)?;
+            let segments = state.conn.write_segments(copied).ok_or(EPIPE)?;
             (segments, state.peer_ring_addr, state.peer_rkey)
         };
         let lkey = link.device().pd().local_dma_lkey();
@@ -1009,7 +1009,8 @@ impl Connection {
     }
 
     /// Announces `len` bytes whose WRITEs are posted. The room they took is theirs (a
-    /// shutdown waits for the send step), so only an abort since then refuses them.
+    /// shutdown waits for the send step), so only an abort since then refuses them, with
+    /// `EPIPE` as every place of a send step that finds its room gone.
     fn produce(&self, len: u32) -> Result {
         self.state.lock().conn.produce(len).map(|_| ()).ok_or(EPIPE)
     }
