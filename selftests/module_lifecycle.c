@@ -34,28 +34,14 @@ static int load_smc(void)
  * connection holds its socket (and so the module) until its peer closed too, or until its link
  * failed, which for a peer whose device was removed takes the transport's retries. Earlier
  * programs close both ends of their connections, so none waits out net.ipv4.tcp_fin_timeout
- * (60 s). @conns gets the connections left on rxe_a and rxe_b.
+ * (60 s).
  */
-static bool connections_gone(long conns[2])
-{
-	long links;
-
-	for (int tries = 0; tries < 200; tries++, msleep(100)) {
-		if (rsmc_device_links("rxe_a", &links, &conns[0]) ||
-		    rsmc_device_links("rxe_b", &links, &conns[1]))
-			return false;
-		if (!conns[0] && !conns[1])
-			return true;
-	}
-	return false;
-}
-
 static void assert_connections_gone(struct __test_metadata *_metadata)
 {
 	long conns[2] = { -1, -1 };
 	char left[2048];
 
-	ASSERT_TRUE(connections_gone(conns))
+	ASSERT_TRUE(rsmc_connections_gone(conns))
 		TH_LOG("connections of earlier programs remain: %ld on rxe_a, %ld on rxe_b:\n%s",
 		       conns[0], conns[1], rsmc_connections_text(left, sizeof(left)));
 }

@@ -282,6 +282,24 @@ static inline void msleep(int ms)
 		;
 }
 
+/*
+ * Waits up to 20 s for the connections on rxe_a and rxe_b to go; @conns gets how many are left
+ * on each. Returns whether none is (false too if the counters cannot be read).
+ */
+static inline bool rsmc_connections_gone(long conns[2])
+{
+	long links;
+
+	for (int tries = 0; tries < 200; tries++, msleep(100)) {
+		if (rsmc_device_links("rxe_a", &links, &conns[0]) ||
+		    rsmc_device_links("rxe_b", &links, &conns[1]))
+			return false;
+		if (!conns[0] && !conns[1])
+			return true;
+	}
+	return false;
+}
+
 static inline uint32_t xorshift32(uint32_t *state)
 {
 	uint32_t x = *state;

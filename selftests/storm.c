@@ -293,21 +293,6 @@ static void storm_reconnect(struct __test_metadata *_metadata, FIXTURE_DATA(stor
 	self->reconnects++;
 }
 
-/* Waits up to 20 s for the connections on both devices to go; returns whether they did. */
-static bool connections_gone(long conns[2])
-{
-	long links;
-
-	for (int tries = 0; tries < 200; tries++, msleep(100)) {
-		if (rsmc_device_links("rxe_a", &links, &conns[0]) ||
-		    rsmc_device_links("rxe_b", &links, &conns[1]))
-			return false;
-		if (!conns[0] && !conns[1])
-			return true;
-	}
-	return false;
-}
-
 /* Makes @steps random calls on random ends. */
 static void storm_run(struct __test_metadata *_metadata, FIXTURE_DATA(storm) *self,
 		      const FIXTURE_VARIANT(storm) *variant, int steps)
@@ -354,7 +339,7 @@ static void assert_connections_gone(struct __test_metadata *_metadata)
 	long conns[2] = { -1, -1 };
 	char left[2048];
 
-	ASSERT_TRUE(connections_gone(conns))
+	ASSERT_TRUE(rsmc_connections_gone(conns))
 		TH_LOG("connections left 20 s after both ends closed: %ld on rxe_a, %ld on rxe_b:\n%s",
 		       conns[0], conns[1], rsmc_connections_text(left, sizeof(left)));
 }
