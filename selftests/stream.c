@@ -239,15 +239,21 @@ static int connect_a_to_b(struct __test_metadata *_metadata, const variant_t *v,
 	return fd;
 }
 
-/* A connected AF_SMC pair: *cfd in rsmc_a, *sfd accepted in rsmc_b. */
-static void smc_pair(struct __test_metadata *_metadata, const variant_t *v, int *cfd, int *sfd)
+/* A connected pair, AF_SMC or plain TCP at both ends: *cfd in rsmc_a, *sfd accepted in rsmc_b. */
+static void stream_pair(struct __test_metadata *_metadata, const variant_t *v, bool smc, int *cfd,
+			int *sfd)
 {
 	uint16_t port;
-	int lfd = listen_b(_metadata, v, true, 0, 0, false, &port);
+	int lfd = listen_b(_metadata, v, smc, 0, 0, false, &port);
 
-	*cfd = connect_a_to_b(_metadata, v, true, port);
+	*cfd = connect_a_to_b(_metadata, v, smc, port);
 	*sfd = accept_within(_metadata, lfd, 0);
 	EXPECT_EQ(0, close(lfd));
+}
+
+static void smc_pair(struct __test_metadata *_metadata, const variant_t *v, int *cfd, int *sfd)
+{
+	stream_pair(_metadata, v, true, cfd, sfd);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1397,14 +1403,10 @@ TEST_F(stream, shutdown_after_peer_reset_is_enotconn)
 {
 	for (int smc = 0; smc <= 1; smc++) {
 		const char *kind = smc ? "AF_SMC" : "TCP";
-		uint16_t port;
-		int lfd = listen_b(_metadata, variant, smc, 0, 0, false, &port);
-		int cfd = connect_a_to_b(_metadata, variant, smc, port);
-		int sfd = accept_within(_metadata, lfd, 0);
+		int cfd, sfd, ev;
 		char c;
-		int ev;
 
-		EXPECT_EQ(0, close(lfd));
+		stream_pair(_metadata, variant, smc, &cfd, &sfd);
 		abort_close(_metadata, cfd);
 		ev = wait_events(_metadata, sfd, EPOLLERR, EVENT_WAIT_MS);
 		ASSERT_TRUE(ev & EPOLLERR) TH_LOG("%s: no reset, events 0x%x", kind, ev);

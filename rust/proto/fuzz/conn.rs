@@ -64,7 +64,6 @@ enum PeerCursor {
 }
 
 /// What the model expects of a message from the peer.
-#[derive(Debug, PartialEq)]
 enum Verdict {
     Rejected,
     Stale,
@@ -351,13 +350,6 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         unreachable!("sizes from 1 to 64 are valid");
     };
     let mut conn = Conn::new(own_ring, peer_ring, TOKEN);
-    let no_flags = Flags {
-        write_blocked: false,
-        cons_update_requested: false,
-        peer_done_writing: false,
-        peer_conn_closed: false,
-        peer_conn_abort: false,
-    };
     let mut m = Model {
         own,
         peer,
@@ -371,8 +363,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         next_seq: 0,
         last_seq: None,
         write_blocked: false,
-        local: no_flags,
-        peer_flags: no_flags,
+        local: Flags::default(),
+        peer_flags: Flags::default(),
         sent: Vec::new(),
     };
     while !u.is_empty() {
