@@ -174,6 +174,29 @@ struct State {
     closing: bool,
     /// Off the link, buffers released (once).
     released: bool,
+    /// Cursor messages sent and received, for debugfs.
+    cdcs: CdcCounts,
+}
+
+/// How many cursor messages a connection posted, and how many of the peer's it took, found
+/// stale (overtaken by a newer one) or refused (breaking the protocol): a connection that
+/// waits for its peer's close shows whether a message came.
+#[derive(Clone, Copy, Default)]
+struct CdcCounts {
+    posted: u64,
+    taken: u64,
+    stale: u64,
+    refused: u64,
+}
+
+impl fmt::Display for CdcCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cdcs_posted {} cdcs_taken {} cdcs_stale {} cdcs_refused {}",
+            self.posted, self.taken, self.stale, self.refused
+        )
+    }
 }
 
 impl State {
@@ -326,6 +349,7 @@ impl Connection {
                     rd_shut: false,
                     closing: false,
                     released: false,
+                    cdcs: CdcCounts::default(),
                 }),
                 state_changed <- new_condvar!("Connection::state_changed"),
                 link <- new_spinlock_irq!(None),
@@ -576,8 +600,9 @@ impl Connection {
     fn post_cdc(&self, state: &mut State, link: &Link, msg: &cdc::Message, data: &[u8]) -> Result {
         state.post_begin();
         let posted = link.post_cdc(self.token(), msg, data);
-        if posted.is_err() {
-            state.post_failed();
+        match posted {
+            Ok(()) => state.cdcs.posted += 1,
+            Err(_) => state.post_failed(),
         }
         posted
     }
@@ -698,10 +723,16 @@ impl Connection {
             let changes = state.conn.on_cdc(msg, data.len() as u32);
             // Placed before the lock drops: readers see the new producer cursor only with
             // the bytes before it.
-            changes.map(|changes| match changes.inline_at {
+            let changes = changes.map(|changes| match changes.inline_at {
                 Some(at) => place_inline(rx_ring.as_deref(), at, data).map(|()| changes),
                 None => Ok(changes),
-            })
+            });
+            match &changes {
+                Ok(Ok(changes)) if changes.stale => state.cdcs.stale += 1,
+                Ok(Ok(_)) => state.cdcs.taken += 1,
+                Ok(Err(_)) | Err(_) => state.cdcs.refused += 1,
+            }
+            changes
         };
         match changes {
             Ok(Ok(changes)) => self.apply(changes),
@@ -1375,10 +1406,10 @@ impl Connection {
 
     /// Writes the connection's part of a debugfs `connections` line: `token <token> closing
     /// <0|1> peer_closed <0|1> peer_aborted <0|1> link_dead <0|1> inflight <n> owed <0|1>
-    /// error <errno, 0 if none>`.
+    /// error <errno, 0 if none>` and the [`CdcCounts`].
     pub(crate) fn show(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Copied out: the lock is not held while formatting.
-        let (closing, peer_closed, peer_aborted, link_dead, inflight, owed, error) = {
+        let (closing, peer_closed, peer_aborted, link_dead, inflight, owed, error, cdcs) = {
             let state = self.state.lock();
             (
                 state.closing,
@@ -1388,12 +1419,13 @@ impl Connection {
                 state.inflight,
                 state.cdc_owed,
                 state.error.map_or(0, |err| err.to_errno()),
+                state.cdcs,
             )
         };
         write!(
             f,
             "token {:#x} closing {} peer_closed {} peer_aborted {} link_dead {} inflight {} \
-             owed {} error {}",
+             owed {} error {} {}",
             self.token(),
             u8::from(closing),
             u8::from(peer_closed),
@@ -1402,6 +1434,7 @@ impl Connection {
             inflight,
             u8::from(owed),
             error,
+            cdcs,
         )
     }
 

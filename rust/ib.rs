@@ -235,13 +235,17 @@ impl Device {
         Ok(listed)
     }
 
-    /// The device's links, with how many connections each has and how many cursor messages
-    /// it dropped, and the bytes of spare buffers it keeps.
-    fn link_stats(&self) -> (usize, usize, u64, usize) {
+    /// What the device's links add up to, and the bytes of spare buffers it keeps.
+    fn link_stats(&self) -> LinkStats {
         let links = self.links.lock();
-        let conns = links.list.iter().map(|link| link.connections()).sum();
-        let dropped = links.list.iter().map(|link| link.dropped()).sum();
-        (links.list.len(), conns, dropped, links.spare_bytes)
+        let list = links.list.iter();
+        LinkStats {
+            links: links.list.len(),
+            conns: list.clone().map(|link| link.connections()).sum(),
+            dropped_cdcs: list.clone().map(|link| link.dropped()).sum(),
+            sends_in_flight: list.map(|link| link.sends_in_flight()).sum(),
+            spare_bytes: links.spare_bytes,
+        }
     }
 
     /// Ends every link on the device and refuses new ones: it is going away.
@@ -449,35 +453,49 @@ pub(crate) fn show_connections(f: &mut fmt::Formatter<'_>) -> fmt::Result {
     shown
 }
 
+/// A device's links, for debugfs.
+struct LinkStats {
+    links: usize,
+    /// Connections on them.
+    conns: usize,
+    /// Cursor messages they dropped for want of a connection.
+    dropped_cdcs: u64,
+    /// Send work requests they have outstanding.
+    sends_in_flight: u32,
+    /// Bytes of the buffers of ended connections the device keeps for new ones.
+    spare_bytes: usize,
+}
+
 /// Writes one line per device: `<name> napi_id <id> polls <n> netdev <netdev> cq_events <n>
 /// completions <n> links <n> connections <n> dropped_cdc <n> softirq_polls <n>
 /// softirq_completions <n> busy_polls <n> busy_completions <n> busy_yields <n> spare_bytes
-/// <n>`.
+/// <n> sends_in_flight <n>`.
 pub(crate) fn show_devices(f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for device in DEVICES.lock().iter() {
         let poller = device.poller();
-        let (links, conns, dropped, spare_bytes) = device.link_stats();
+        let stats = device.link_stats();
         let (softirq, busy) = (poller.softirq_counts(), poller.busy_counts());
         writeln!(
             f,
             "{} napi_id {} polls {} netdev {} cq_events {} completions {} links {} \
              connections {} dropped_cdc {} softirq_polls {} softirq_completions {} \
-             busy_polls {} busy_completions {} busy_yields {} spare_bytes {}",
+             busy_polls {} busy_completions {} busy_yields {} spare_bytes {} sends_in_flight {}",
             device.name(),
             device.napi.id(),
             poller.polls(),
             device.netdev(),
             poller.cq_events(),
             poller.completions(),
-            links,
-            conns,
-            dropped,
+            stats.links,
+            stats.conns,
+            stats.dropped_cdcs,
             softirq.polls(),
             softirq.completions(),
             busy.polls(),
             busy.completions(),
             poller.busy_yields(),
-            spare_bytes,
+            stats.spare_bytes,
+            stats.sends_in_flight,
         )?;
     }
     Ok(())

@@ -837,6 +837,11 @@ impl Link {
         self.dropped.load(Relaxed)
     }
 
+    /// Send work requests posted and not completed yet.
+    pub(crate) fn sends_in_flight(&self) -> u32 {
+        SQ_DEPTH - self.state.lock().sq_free
+    }
+
     /// How many connections are on the link.
     pub(crate) fn connections(&self) -> usize {
         self.state.lock().conns.len()

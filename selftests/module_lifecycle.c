@@ -39,11 +39,11 @@ static int load_smc(void)
 static void assert_connections_gone(struct __test_metadata *_metadata)
 {
 	long conns[2] = { -1, -1 };
-	char left[2048];
+	char left[4096];
 
 	ASSERT_TRUE(rsmc_connections_gone(conns))
 		TH_LOG("connections of earlier programs remain: %ld on rxe_a, %ld on rxe_b:\n%s",
-		       conns[0], conns[1], rsmc_connections_text(left, sizeof(left)));
+		       conns[0], conns[1], rsmc_debugfs_text(left, sizeof(left)));
 }
 
 /*

@@ -575,6 +575,7 @@ static void make_idle_link(struct __test_metadata *_metadata, const struct topo 
 {
 	long n[4] = { 0 };
 	uint8_t byte = 0x5a;
+	char text[4096];
 	int cfd, sfd;
 
 	/* Earlier tests' idle links go at once. */
@@ -591,8 +592,8 @@ static void make_idle_link(struct __test_metadata *_metadata, const struct topo 
 	EXPECT_EQ(0, close(cfd));
 	EXPECT_EQ(0, close(sfd));
 	ASSERT_TRUE(links_settle(1, 0, n))
-		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns after both closed", n[0],
-		       n[1], n[2], n[3]);
+		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns after both closed:\n%s",
+		       n[0], n[1], n[2], n[3], rsmc_debugfs_text(text, sizeof(text)));
 }
 
 TEST_F_TIMEOUT(rdma, idle_link_lingers, 120)
@@ -1371,7 +1372,7 @@ TEST_F_TIMEOUT(rdma, closing_with_the_send_queue_full, 180)
 	int cfd[FULL_SQ_CONNS], sfd[FULL_SQ_CONNS];
 	static uint8_t buf[65536];
 	long links, conns_a, conns_b;
-	char left[2048];
+	char left[4096];
 
 	signal(SIGPIPE, SIG_IGN);
 	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &conns_a));
@@ -1402,9 +1403,9 @@ TEST_F_TIMEOUT(rdma, closing_with_the_send_queue_full, 180)
 		}
 		t0 = now_ms();
 		ASSERT_EQ(conns_a, conns_settle("rxe_a", conns_a))
-			TH_LOG("round %d, left:\n%s", round, rsmc_connections_text(left, sizeof(left)));
+			TH_LOG("round %d, left:\n%s", round, rsmc_debugfs_text(left, sizeof(left)));
 		ASSERT_EQ(conns_b, conns_settle("rxe_b", conns_b))
-			TH_LOG("round %d, left:\n%s", round, rsmc_connections_text(left, sizeof(left)));
+			TH_LOG("round %d, left:\n%s", round, rsmc_debugfs_text(left, sizeof(left)));
 		TH_LOG("round %d: all gone %.0f ms after the close", round, now_ms() - t0);
 	}
 }

@@ -116,15 +116,23 @@ static inline long rsmc_count_connections(const char *device, const char *fields
 	return n;
 }
 
-/* The connections debugfs lists, one per line, in @buf (@len bytes, NUL-terminated). */
-static inline const char *rsmc_connections_text(char *buf, size_t len)
+/*
+ * What debugfs says of rsmc's state, for a failure's message: each device's counters (links,
+ * connections, dropped cursor messages, polls), then each connection's state, one per line, in
+ * @buf (@len bytes, NUL-terminated).
+ */
+static inline const char *rsmc_debugfs_text(char *buf, size_t len)
 {
-	FILE *f = fopen(RSMC_CONNECTIONS_FILE, "r");
+	const char *files[] = { RSMC_DEVICES_FILE, RSMC_CONNECTIONS_FILE };
 	size_t n = 0;
 
-	if (f) {
-		n = fread(buf, 1, len - 1, f);
-		fclose(f);
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		FILE *f = fopen(files[i], "r");
+
+		if (f) {
+			n += fread(buf + n, 1, len - 1 - n, f);
+			fclose(f);
+		}
 	}
 	buf[n] = 0;
 	return buf;

@@ -337,11 +337,11 @@ static void close_all(struct __test_metadata *_metadata, FIXTURE_DATA(storm) *se
 static void assert_connections_gone(struct __test_metadata *_metadata)
 {
 	long conns[2] = { -1, -1 };
-	char left[2048];
+	char left[4096];
 
 	ASSERT_TRUE(rsmc_connections_gone(conns))
 		TH_LOG("connections left 20 s after both ends closed: %ld on rxe_a, %ld on rxe_b:\n%s",
-		       conns[0], conns[1], rsmc_connections_text(left, sizeof(left)));
+		       conns[0], conns[1], rsmc_debugfs_text(left, sizeof(left)));
 }
 
 static int storm_steps(void)
