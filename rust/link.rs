@@ -83,7 +83,7 @@ pub(crate) fn linger() -> Delta {
 /// go at once.
 pub(crate) fn set_linger(ms: u32) {
     LINGER_MS.store(ms, Relaxed);
-    crate::ib::for_each_link(|_, link| link.linger_changed());
+    crate::ib::for_each_link(|_, link| link.restart_linger());
 }
 
 /// A `wr_id`'s kind, in bits 44..48 (the poller keeps bits 0..48 for us).
@@ -344,7 +344,6 @@ impl Link {
     /// the link lingers (see [`linger`]), or goes now if it is dead or lingering is off.
     /// Process context.
     pub(crate) fn leave(self: &Arc<Self>, conn: &Connection) {
-        let linger = linger();
         let (last, dead) = {
             let mut state = self.state.lock();
             state.conns.retain(|listed| !core::ptr::eq(&**listed, conn));
@@ -352,7 +351,7 @@ impl Link {
             // land on a link about to be torn down.
             let last = state.conns.is_empty();
             if last {
-                state.dead |= linger.is_zero();
+                state.dead |= linger().is_zero();
                 state.idle_since = Some(Instant::now());
             }
             (last, state.dead)
@@ -362,28 +361,27 @@ impl Link {
         self.device.poller().synchronize();
         match (last, dead) {
             (true, true) => self.teardown(),
-            (true, false) => self.start_linger(linger),
+            (true, false) => self.restart_linger(),
             (false, _) => (),
         }
     }
 
-    /// (Re)starts the linger timer to fire after `delay`.
-    fn start_linger(self: &Arc<Self>, delay: Delta) {
+    /// (Re)starts the linger timer of an idle link to fire once it lingered for all of
+    /// [`linger`].
+    ///
+    /// [`linger`] is read under the timer's lock: a change of it that races with the last
+    /// connection leaving is not undone by the value that `leave` saw.
+    fn restart_linger(self: &Arc<Self>) {
         let mut handle = self.linger_handle.lock();
         // Cancelled before the timer is started again: a handle's drop cancels the timer.
         drop(handle.take());
-        if self.state.lock().torn_down {
-            return;
-        }
-        *handle = Some(self.clone().start(delay));
-    }
-
-    /// [`linger`] changed: an idle link's timer restarts for what is left of the new time.
-    fn linger_changed(self: &Arc<Self>) {
-        let idle_since = self.state.lock().idle_since;
+        let idle_since = {
+            let state = self.state.lock();
+            state.idle_since.filter(|_| !state.torn_down)
+        };
         if let Some(since) = idle_since {
             let left = linger().as_nanos() - since.elapsed().as_nanos();
-            self.start_linger(Delta::from_nanos(left.max(0)));
+            *handle = Some(self.clone().start(Delta::from_nanos(left.max(0))));
         }
     }
 

@@ -1359,6 +1359,72 @@ TEST_F_TIMEOUT(rdma, fin_timeout_races_peer_close, 180)
 }
 
 /*
+ * Both ends close right after the last byte went, in every order: the client first, the server
+ * first, or both at once from two threads, with that byte sent either way. Each connection goes
+ * from both sides as soon as each end heard of the other's close, not after a fin timeout.
+ * Every other six rounds start on a new link: turning lingering off right after the last
+ * connection left must end the idle link, however that races with its leaving.
+ */
+#define CLOSE_ORDER_ROUNDS 120
+
+static void *close_in_thread(void *fd)
+{
+	return (void *)(long)close(*(int *)fd);
+}
+
+TEST_F_TIMEOUT(rdma, every_close_order_releases_both_ends, 180)
+{
+	long links, conns_a, conns_b, linger, n[4];
+	char text[4096];
+
+	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
+	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &conns_a));
+	ASSERT_EQ(0, rsmc_device_links("rxe_b", &links, &conns_b));
+	for (int round = 0; round < CLOSE_ORDER_ROUNDS; round++) {
+		static const char *const orders[] = { "client first", "server first", "at once" };
+		int order = round % 3, from_server = round / 3 % 2, cfd, sfd;
+		uint8_t byte = round;
+		void *thread_ret;
+		pthread_t t;
+		bool gone;
+
+		if (round / 6 % 2) {
+			ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, 0));
+			ASSERT_TRUE(links_settle(0, 0, n))
+				TH_LOG("round %d: rxe_a %ld links %ld conns, rxe_b %ld links %ld conns:\n%s",
+				       round, n[0], n[1], n[2], n[3],
+				       rsmc_debugfs_text(text, sizeof(text)));
+			ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
+		}
+		smc_pair(_metadata, variant->topo, &cfd, &sfd);
+		ASSERT_EQ(1, write_all(from_server ? sfd : cfd, &byte, 1));
+		ASSERT_EQ(1, read_all(from_server ? cfd : sfd, &byte, 1));
+		switch (order) {
+		case 0:
+			EXPECT_EQ(0, close(cfd));
+			EXPECT_EQ(0, close(sfd));
+			break;
+		case 1:
+			EXPECT_EQ(0, close(sfd));
+			EXPECT_EQ(0, close(cfd));
+			break;
+		default:
+			ASSERT_EQ(0, pthread_create(&t, NULL, close_in_thread, &cfd));
+			EXPECT_EQ(0, close(sfd));
+			ASSERT_EQ(0, pthread_join(t, &thread_ret));
+			EXPECT_EQ(0, (long)thread_ret);
+		}
+		gone = conns_settle("rxe_a", conns_a) == conns_a &&
+		       conns_settle("rxe_b", conns_b) == conns_b;
+		EXPECT_TRUE(gone) TH_LOG("round %d (%s, byte from the %s) left:\n%s", round,
+					 orders[order], from_server ? "server" : "client",
+					 rsmc_debugfs_text(text, sizeof(text)));
+		if (!gone)
+			break;
+	}
+}
+
+/*
  * Connections on one link close while their writes fill its send queue: a closing end's last
  * message may find no send credit. It must still go, and the connections go at once on both
  * sides, not after the fin timeout (60 s here) of an end that never heard of its peer's close.
