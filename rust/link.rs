@@ -696,21 +696,36 @@ impl Link {
 
     /// Calls `f` for every connection on the link, unlocked (it may take the link's lock).
     ///
+    /// Needs no memory, as it runs in completion handlers: it takes the connections one at a
+    /// time, from the end of the list. One that leaves meanwhile moves those after it down, so
+    /// `f` may see one of them twice (it must not mind), but it sees every one that stays. One
+    /// that joins meanwhile may be missed.
+    ///
     /// From a completion handler or process context only: the references taken here must not
     /// be the last ones in any other context (see [`Link::leave`]).
     fn for_each_conn(&self, mut f: impl FnMut(&Arc<Connection>)) {
-        let conns = {
-            let state = self.state.lock();
-            let mut conns = KVec::new();
-            for conn in state.conns.iter() {
-                if conns.push(conn.clone(), GFP_ATOMIC).is_err() {
-                    break;
-                }
+        let mut next = self.state.lock().conns.len();
+        while next > 0 {
+            next -= 1;
+            // Taken out first: the guard of an `if let` scrutinee lives through its block.
+            let conn = self.state.lock().conns.get(next).cloned();
+            if let Some(conn) = conn {
+                f(&conn);
             }
-            conns
-        };
-        for conn in conns.iter() {
-            f(conn);
+        }
+    }
+
+    /// The connections on the link now, each once. Process context.
+    fn conns(&self) -> Result<KVec<Arc<Connection>>> {
+        loop {
+            let len = self.state.lock().conns.len();
+            let mut conns = KVec::with_capacity(len, GFP_KERNEL)?;
+            let state = self.state.lock();
+            // Else some joined meanwhile: the copy below must fit in what was reserved.
+            if state.conns.len() <= len {
+                conns.extend_from_slice(&state.conns, GFP_NOWAIT)?;
+                return Ok(conns);
+            }
         }
     }
 
@@ -848,14 +863,14 @@ impl Link {
     /// Writes a debugfs `connections` line for each connection on the link: `<device> qpn
     /// <our queue pair> ` and the connection's part (see [`Connection::show`]). Process context.
     pub(crate) fn show_connections(&self, f: &mut fmt::Formatter<'_>, device: &str) -> fmt::Result {
-        let mut shown = Ok(());
-        self.for_each_conn(|conn| {
-            shown = shown
-                .and_then(|()| write!(f, "{device} qpn {} ", self.qp.qp_num()))
-                .and_then(|()| conn.show(f))
-                .and_then(|()| writeln!(f));
-        });
-        shown
+        // A snapshot, so that a connection that leaves meanwhile is not listed twice.
+        let conns = self.conns().map_err(|_| fmt::Error)?;
+        for conn in conns.iter() {
+            write!(f, "{device} qpn {} ", self.qp.qp_num())?;
+            conn.show(f)?;
+            writeln!(f)?;
+        }
+        Ok(())
     }
 }
 
