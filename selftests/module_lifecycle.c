@@ -43,7 +43,7 @@ static void assert_connections_gone(struct __test_metadata *_metadata)
 
 	ASSERT_TRUE(rsmc_connections_gone(conns))
 		TH_LOG("connections of earlier programs remain: %ld on rxe_a, %ld on rxe_b:\n%s",
-		       conns[0], conns[1], rsmc_debugfs_text(left, sizeof(left)));
+		       conns[0], conns[1], rsmc_state_text(left, sizeof(left)));
 }
 
 /*

@@ -593,7 +593,7 @@ static void make_idle_link(struct __test_metadata *_metadata, const struct topo 
 	EXPECT_EQ(0, close(sfd));
 	ASSERT_TRUE(links_settle(1, 0, n))
 		TH_LOG("rxe_a %ld links %ld conns, rxe_b %ld links %ld conns after both closed:\n%s",
-		       n[0], n[1], n[2], n[3], rsmc_debugfs_text(text, sizeof(text)));
+		       n[0], n[1], n[2], n[3], rsmc_state_text(text, sizeof(text)));
 }
 
 TEST_F_TIMEOUT(rdma, idle_link_lingers, 120)
@@ -1393,7 +1393,7 @@ TEST_F_TIMEOUT(rdma, every_close_order_releases_both_ends, 180)
 			ASSERT_TRUE(links_settle(0, 0, n))
 				TH_LOG("round %d: rxe_a %ld links %ld conns, rxe_b %ld links %ld conns:\n%s",
 				       round, n[0], n[1], n[2], n[3],
-				       rsmc_debugfs_text(text, sizeof(text)));
+				       rsmc_state_text(text, sizeof(text)));
 			ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
 		}
 		smc_pair(_metadata, variant->topo, &cfd, &sfd);
@@ -1418,7 +1418,7 @@ TEST_F_TIMEOUT(rdma, every_close_order_releases_both_ends, 180)
 		       conns_settle("rxe_b", conns_b) == conns_b;
 		EXPECT_TRUE(gone) TH_LOG("round %d (%s, byte from the %s) left:\n%s", round,
 					 orders[order], from_server ? "server" : "client",
-					 rsmc_debugfs_text(text, sizeof(text)));
+					 rsmc_state_text(text, sizeof(text)));
 		if (!gone)
 			break;
 	}
@@ -1469,9 +1469,9 @@ TEST_F_TIMEOUT(rdma, closing_with_the_send_queue_full, 180)
 		}
 		t0 = now_ms();
 		ASSERT_EQ(conns_a, conns_settle("rxe_a", conns_a))
-			TH_LOG("round %d, left:\n%s", round, rsmc_debugfs_text(left, sizeof(left)));
+			TH_LOG("round %d, left:\n%s", round, rsmc_state_text(left, sizeof(left)));
 		ASSERT_EQ(conns_b, conns_settle("rxe_b", conns_b))
-			TH_LOG("round %d, left:\n%s", round, rsmc_debugfs_text(left, sizeof(left)));
+			TH_LOG("round %d, left:\n%s", round, rsmc_state_text(left, sizeof(left)));
 		TH_LOG("round %d: all gone %.0f ms after the close", round, now_ms() - t0);
 	}
 }

@@ -117,11 +117,43 @@ static inline long rsmc_count_connections(const char *device, const char *fields
 }
 
 /*
- * What debugfs says of rsmc's state, for a failure's message: each device's counters (links,
- * connections, dropped cursor messages, polls), then each connection's state, one per line, in
- * @buf (@len bytes, NUL-terminated).
+ * Appends to @buf (@len bytes, holding a string) rxe's counters of @device that tell of lost,
+ * repeated or refused packets, those not zero, in one line.
  */
-static inline const char *rsmc_debugfs_text(char *buf, size_t len)
+static inline void rsmc_rxe_loss_text(const char *device, char *buf, size_t len)
+{
+	static const char *const counters[] = {
+		"duplicate_request", "out_of_seq_request", "rcvd_rnr_err", "send_rnr_err",
+		"rcvd_seq_err", "retry_exceeded_err", "retry_rnr_exceeded_err",
+		"completer_retry_err", "send_err",
+	};
+	size_t n = strlen(buf);
+
+	n += snprintf(buf + n, len - n, "%s counters of lost packets, those not zero:", device);
+	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]) && n < len; i++) {
+		char path[128];
+		long val;
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/sys/class/infiniband/%s/ports/1/hw_counters/%s",
+			 device, counters[i]);
+		f = fopen(path, "r");
+		if (f && fscanf(f, "%ld", &val) == 1 && val)
+			n += snprintf(buf + n, len - n, " %s %ld", counters[i], val);
+		if (f)
+			fclose(f);
+	}
+	if (n < len)
+		snprintf(buf + n, len - n, "\n");
+}
+
+/*
+ * What rsmc and rxe say of their state, for a failure's message, in @buf (@len bytes,
+ * NUL-terminated): each device's counters from debugfs (links, connections, dropped cursor
+ * messages, sends in flight, polls), each connection's state, one per line, and rxe's counters
+ * of lost packets on rxe_a and rxe_b.
+ */
+static inline const char *rsmc_state_text(char *buf, size_t len)
 {
 	const char *files[] = { RSMC_DEVICES_FILE, RSMC_CONNECTIONS_FILE };
 	size_t n = 0;
@@ -135,6 +167,8 @@ static inline const char *rsmc_debugfs_text(char *buf, size_t len)
 		}
 	}
 	buf[n] = 0;
+	rsmc_rxe_loss_text("rxe_a", buf, len);
+	rsmc_rxe_loss_text("rxe_b", buf, len);
 	return buf;
 }
 
