@@ -1365,7 +1365,7 @@ TEST_F_TIMEOUT(rdma, fin_timeout_races_peer_close, 180)
  * Every other six rounds start on a new link: turning lingering off right after the last
  * connection left must end the idle link, however that races with its leaving.
  */
-#define CLOSE_ORDER_ROUNDS 120
+#define CLOSE_ORDER_ROUNDS 60
 
 static void *close_in_thread(void *fd)
 {
