@@ -116,6 +116,19 @@ static inline long rsmc_count_connections(const char *device, const char *fields
 	return n;
 }
 
+/* Reads one number from the file at @path (a sysctl, say) to *@val; returns 0 or -1. */
+static inline int rsmc_read_long(const char *path, long *val)
+{
+	FILE *f = fopen(path, "r");
+	int ok;
+
+	if (!f)
+		return -1;
+	ok = fscanf(f, "%ld", val) == 1;
+	fclose(f);
+	return ok ? 0 : -1;
+}
+
 /*
  * Appends to @buf (@len bytes, holding a string) rxe's counters of @device that tell of lost,
  * repeated or refused packets, those not zero, in one line.
@@ -133,15 +146,11 @@ static inline void rsmc_rxe_loss_text(const char *device, char *buf, size_t len)
 	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]) && n < len; i++) {
 		char path[128];
 		long val;
-		FILE *f;
 
 		snprintf(path, sizeof(path), "/sys/class/infiniband/%s/ports/1/hw_counters/%s",
 			 device, counters[i]);
-		f = fopen(path, "r");
-		if (f && fscanf(f, "%ld", &val) == 1 && val)
+		if (!rsmc_read_long(path, &val) && val)
 			n += snprintf(buf + n, len - n, " %s %ld", counters[i], val);
-		if (f)
-			fclose(f);
 	}
 	if (n < len)
 		snprintf(buf + n, len - n, "\n");
@@ -170,19 +179,6 @@ static inline const char *rsmc_state_text(char *buf, size_t len)
 	rsmc_rxe_loss_text("rxe_a", buf, len);
 	rsmc_rxe_loss_text("rxe_b", buf, len);
 	return buf;
-}
-
-/* Reads one number from the file at @path (a sysctl, say) to *@val; returns 0 or -1. */
-static inline int rsmc_read_long(const char *path, long *val)
-{
-	FILE *f = fopen(path, "r");
-	int ok;
-
-	if (!f)
-		return -1;
-	ok = fscanf(f, "%ld", val) == 1;
-	fclose(f);
-	return ok ? 0 : -1;
 }
 
 /* Writes @text to the file at @path in one write; returns 0 or -1 with errno. */
