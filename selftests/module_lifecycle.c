@@ -36,16 +36,6 @@ static int load_smc(void)
  * programs close both ends of their connections, so none waits out net.ipv4.tcp_fin_timeout
  * (60 s).
  */
-static void assert_connections_gone(struct __test_metadata *_metadata)
-{
-	long conns[2] = { -1, -1 };
-	char left[4096];
-
-	ASSERT_TRUE(rsmc_connections_gone(conns))
-		TH_LOG("connections of earlier programs remain: %ld on rxe_a, %ld on rxe_b:\n%s",
-		       conns[0], conns[1], rsmc_state_text(left, sizeof(left)));
-}
-
 /*
  * Unloads rsmc, waiting up to 10 s for the last references of closed sockets to go: a released
  * connection drops its socket from a work item, a moment after it left its link.
@@ -66,7 +56,7 @@ TEST(open_socket_pins_module)
 {
 	int fd;
 
-	assert_connections_gone(_metadata);
+	assert_connections_gone(_metadata, "connections of earlier programs");
 	fd = socket(AF_SMC, SOCK_STREAM, 0);
 	ASSERT_LE(0, fd);
 	errno = 0;
@@ -172,7 +162,7 @@ TEST(unload_under_napi_pollers)
 	int napi_ids[2], fd;
 	pthread_t t;
 
-	assert_connections_gone(_metadata);
+	assert_connections_gone(_metadata, "connections of earlier programs");
 	napi_ids[0] = rsmc_device_napi_id("rxe_a");
 	napi_ids[1] = rsmc_device_napi_id("rxe_b");
 	ASSERT_LT(0, napi_ids[0]);

@@ -338,6 +338,20 @@ static inline bool rsmc_connections_gone(long conns[2])
 	return false;
 }
 
+/*
+ * Fails the test unless every connection on rxe_a and rxe_b goes within rsmc_connections_gone()'s
+ * 20 s, and shows what is left; @whose names the connections, for the log.
+ */
+static inline void assert_connections_gone(struct __test_metadata *_metadata, const char *whose)
+{
+	long conns[2] = { -1, -1 };
+	char left[4096];
+
+	ASSERT_TRUE(rsmc_connections_gone(conns))
+		TH_LOG("%s remain: %ld on rxe_a, %ld on rxe_b:\n%s", whose, conns[0], conns[1],
+		       rsmc_state_text(left, sizeof(left)));
+}
+
 static inline uint32_t xorshift32(uint32_t *state)
 {
 	uint32_t x = *state;
