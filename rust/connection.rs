@@ -52,7 +52,7 @@ use kernel::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
         new_condvar, new_spinlock, new_spinlock_irq, Arc, ArcBorrow, CondVar, CondVarTimeoutResult,
-        Mutex, SetOnce, SpinLock, SpinLockIrq,
+        Mutex, SetOnce, SpinLock, SpinLockIrq, SpinLockIrqGuard,
     },
     time::{
         delay::fsleep,
@@ -575,7 +575,16 @@ impl Connection {
 
     /// Sends the next cursor message; `reserved` if the caller already took its send credit.
     fn send_cdc(&self, link: &Link, reserved: bool) -> Result {
-        let mut state = self.state.lock();
+        self.send_cdc_locked(self.state.lock(), link, reserved)
+    }
+
+    /// As [`Self::send_cdc`], under the caller's lock of the state that the message announces.
+    fn send_cdc_locked(
+        &self,
+        mut state: SpinLockIrqGuard<'_, State>,
+        link: &Link,
+        reserved: bool,
+    ) -> Result {
         if !reserved && !link.take_credits(1) {
             state.cdc_owed = true;
             return Ok(());
@@ -1232,27 +1241,25 @@ impl Connection {
     /// background once its last message left and the peer closed too, or the fin timeout
     /// ended the wait for the peer.
     pub(crate) fn close(self: &Arc<Self>, how: Closing) {
-        let (link_alive, failed) = {
-            let mut state = self.state.lock();
-            // Closed already (the socket's release, then its state's drop, both close).
-            if state.closing {
-                return;
-            }
-            if how.abort || state.conn.readable() > 0 {
-                state.conn.abort();
-            } else {
-                state.conn.close();
-            }
-            state.closing = true;
-            (
-                !state.link_dead,
-                state.error.is_some() || state.conn.peer_aborted(),
-            )
-        };
+        let link = self.link().ok();
+        let mut state = self.state.lock();
+        // Closed already (the socket's release, then its state's drop, both close).
+        if state.closing {
+            return;
+        }
+        if how.abort || state.conn.readable() > 0 {
+            state.conn.abort();
+        } else {
+            state.conn.close();
+        }
+        state.closing = true;
+        let failed = state.error.is_some() || state.conn.peer_aborted();
         // Even a failed connection says it closed: the peer keeps its ring until it hears.
+        let link = link.filter(|_| !state.link_dead);
+        let posted = self.post_last_cdc(state, link.as_deref());
         // Waiting for the message would keep the application for the transport's retries
         // (seconds) if the peer is gone; the release waits for it instead.
-        if link_alive && self.post_last_cdc() && !failed {
+        if posted && !failed {
             if let Some(linger_ms) = how.linger_ms {
                 self.wait_sent(linger_ms);
             }
@@ -1292,53 +1299,42 @@ impl Connection {
     /// writes no more; an abort tells it that this end is gone, as a TCP reset would, so that
     /// its close does not wait for a message to a queue pair that may be gone with the link.
     fn fin_timeout(&self) {
-        let tell_peer = {
-            let mut state = self.state.lock();
-            let waiting = !state.released
-                && !state.link_dead
-                && !state.conn.peer_closed()
-                && !state.conn.peer_aborted();
-            if waiting {
-                state.conn.abort();
-            }
-            waiting
-        };
-        if tell_peer {
-            self.send_last_cdc();
+        let link = self.link().ok();
+        let mut state = self.state.lock();
+        let waiting = !state.released
+            && !state.link_dead
+            && !state.conn.peer_closed()
+            && !state.conn.peer_aborted();
+        if waiting {
+            state.conn.abort();
         }
+        // The release waits for the abort to leave.
+        self.post_last_cdc(state, link.as_deref().filter(|_| waiting));
         self.release();
     }
 
-    /// Sends the cursor message with the closing flags and waits briefly for this
-    /// connection's work requests to finish.
-    fn send_last_cdc(&self) {
-        if self.post_last_cdc() {
-            self.wait_sent(CLOSE_TIMEOUT_MS);
-        }
-    }
-
-    /// Posts the cursor message with the closing flags, without waiting; whether it was posted.
-    fn post_last_cdc(&self) -> bool {
-        self.link()
-            .is_ok_and(|link| self.send_cdc(&link, false).is_ok())
+    /// Posts the cursor message that announces the close or abort the caller just made under
+    /// `state`, or owes it for want of a send credit, before that lock drops; `link` was taken
+    /// before the lock. From the moment the change shows, the message is in flight or owed, so
+    /// a release that the change lets run (the peer's close arriving meanwhile) waits for it
+    /// ([`Self::wait_sent`]) before leaving the link, which may take the queue pair with it.
+    /// Whether it was posted or owed; without a link, nothing is sent.
+    fn post_last_cdc(&self, state: SpinLockIrqGuard<'_, State>, link: Option<&Link>) -> bool {
+        link.is_some_and(|link| self.send_cdc_locked(state, link, false).is_ok())
     }
 
     /// Releases a connection whose handshake failed, in the background: the socket falls
     /// back to TCP now. If it got as far as a token, the peer may hold its end: an abort
     /// tells it to let go.
     pub(crate) fn abandon(self: &Arc<Self>) {
-        let tell_peer = {
-            let mut state = self.state.lock();
-            let tell_peer = self.token() != 0 && !state.link_dead && !state.closing;
-            state.conn.abort();
-            state.closing = true;
-            tell_peer
-        };
+        let link = self.link().ok();
+        let mut state = self.state.lock();
+        let tell_peer = self.token() != 0 && !state.link_dead && !state.closing;
+        state.conn.abort();
+        state.closing = true;
         // The release waits for the abort: the peer may be gone, and the transport's retries
         // take seconds.
-        if tell_peer {
-            self.post_last_cdc();
-        }
+        self.post_last_cdc(state, link.as_deref().filter(|_| tell_peer));
         self.schedule_release();
     }
 
@@ -1386,19 +1382,15 @@ impl Connection {
     /// link then waits for the abort ([`Self::wait_idle`]) and releases the connection.
     pub(crate) fn device_removed(&self) {
         self.fail(ECONNABORTED);
-        let tell_peer = {
-            let mut state = self.state.lock();
-            let open = !state.closing;
-            state.conn.abort();
-            state.closing = true;
-            // The link goes with the device: a message owed for want of a credit never will.
-            state.link_dead = true;
-            open
-        };
+        let link = self.link().ok();
+        let mut state = self.state.lock();
+        let open = !state.closing;
+        state.conn.abort();
+        state.closing = true;
+        // The link goes with the device: a message owed for want of a credit never will.
+        state.link_dead = true;
         // Best effort: the TCP reset below tells the peer for sure.
-        if tell_peer {
-            self.post_last_cdc();
-        }
+        self.post_last_cdc(state, link.as_deref().filter(|_| open));
         if let Some(hook) = self.take_tcp_watch() {
             hook.socket().abort(ECONNABORTED);
         }

@@ -1140,7 +1140,10 @@ static void *churn_connect(void *arg)
 
 #define CHURN_MAX 4
 
-/* @n (up to CHURN_MAX) sequences of @conns connections each, all at once; all over RDMA. */
+/*
+ * @n (up to CHURN_MAX) sequences of @conns connections each, all at once; all over RDMA, and
+ * all gone from both sides once closed.
+ */
 static void churn(struct __test_metadata *_metadata, const struct topo *v, int n, int conns)
 {
 	struct churn c[CHURN_MAX];
@@ -1162,6 +1165,8 @@ static void churn(struct __test_metadata *_metadata, const struct topo *v, int n
 		EXPECT_EQ(conns, c[i].rdma_client) TH_LOG("sequence %d", i);
 		EXPECT_EQ(conns, c[i].rdma_server) TH_LOG("sequence %d", i);
 	}
+	/* Each end heard the other's close: none waits for its fin timeout. */
+	assert_connections_gone(_metadata, "connections closed at both ends");
 }
 
 TEST_F_TIMEOUT(rdma, short_connections_in_a_row, 120)
