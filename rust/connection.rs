@@ -199,7 +199,52 @@ impl fmt::Display for CdcCounts {
     }
 }
 
+/// What a debugfs `connections` line shows of a connection's [`State`]: `closing <0|1>
+/// peer_closed <0|1> peer_aborted <0|1> link_dead <0|1> inflight <n> owed <0|1> error <errno, 0
+/// if none>` and the [`CdcCounts`].
+struct StateShown {
+    closing: bool,
+    peer_closed: bool,
+    peer_aborted: bool,
+    link_dead: bool,
+    inflight: u32,
+    owed: bool,
+    error: i32,
+    cdcs: CdcCounts,
+}
+
+impl fmt::Display for StateShown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "closing {} peer_closed {} peer_aborted {} link_dead {} inflight {} owed {} error {} {}",
+            u8::from(self.closing),
+            u8::from(self.peer_closed),
+            u8::from(self.peer_aborted),
+            u8::from(self.link_dead),
+            self.inflight,
+            u8::from(self.owed),
+            self.error,
+            self.cdcs,
+        )
+    }
+}
+
 impl State {
+    /// A copy of what debugfs shows.
+    fn shown(&self) -> StateShown {
+        StateShown {
+            closing: self.closing,
+            peer_closed: self.conn.peer_closed(),
+            peer_aborted: self.conn.peer_aborted(),
+            link_dead: self.link_dead,
+            inflight: self.inflight,
+            owed: self.cdc_owed,
+            error: self.error.map_or(0, |err| err.to_errno()),
+            cdcs: self.cdcs,
+        }
+    }
+
     /// One of the connection's work requests is being posted.
     fn post_begin(&mut self) {
         self.inflight += 1;
@@ -1396,38 +1441,12 @@ impl Connection {
         }
     }
 
-    /// Writes the connection's part of a debugfs `connections` line: `token <token> closing
-    /// <0|1> peer_closed <0|1> peer_aborted <0|1> link_dead <0|1> inflight <n> owed <0|1>
-    /// error <errno, 0 if none>` and the [`CdcCounts`].
+    /// Writes the connection's part of a debugfs `connections` line: `token <token>` and its
+    /// [`StateShown`].
     pub(crate) fn show(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Copied out: the lock is not held while formatting.
-        let (closing, peer_closed, peer_aborted, link_dead, inflight, owed, error, cdcs) = {
-            let state = self.state.lock();
-            (
-                state.closing,
-                state.conn.peer_closed(),
-                state.conn.peer_aborted(),
-                state.link_dead,
-                state.inflight,
-                state.cdc_owed,
-                state.error.map_or(0, |err| err.to_errno()),
-                state.cdcs,
-            )
-        };
-        write!(
-            f,
-            "token {:#x} closing {} peer_closed {} peer_aborted {} link_dead {} inflight {} \
-             owed {} error {} {}",
-            self.token(),
-            u8::from(closing),
-            u8::from(peer_closed),
-            u8::from(peer_aborted),
-            u8::from(link_dead),
-            inflight,
-            u8::from(owed),
-            error,
-            cdcs,
-        )
+        let shown = self.state.lock().shown();
+        write!(f, "token {:#x} {shown}", self.token())
     }
 
     /// Waits up to `wait_ms` milliseconds until none of the connection's work requests is in
