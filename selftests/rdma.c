@@ -29,7 +29,10 @@
 #include "rsmc_selftest.h"
 #include "rsmc_pair.h"
 
-FIXTURE(rdma) {};
+/* link_linger_ms as the test found it: tests change it, and a failed one must not leave it. */
+FIXTURE(rdma) {
+	long linger_ms;
+};
 
 FIXTURE_VARIANT(rdma) {
 	const struct topo *topo;
@@ -41,9 +44,13 @@ FIXTURE_VARIANT_ADD(rdma, ipv6) { .topo = &topo6 };
 FIXTURE_SETUP(rdma)
 {
 	signal(SIGPIPE, SIG_IGN);
+	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &self->linger_ms));
 }
 
-FIXTURE_TEARDOWN(rdma) {}
+FIXTURE_TEARDOWN(rdma)
+{
+	EXPECT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, self->linger_ms));
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* Deterministic data: byte i of stream `seed` is byte i % 8 (little-endian) of the word       */
@@ -514,11 +521,10 @@ TEST_F_TIMEOUT(rdma, shared_link, 120)
 {
 	int cfd[SHARED_CONNS], sfd[SHARED_CONNS];
 	uint8_t byte = 0x5a, got;
-	long n[4] = { 0 }, linger;
+	long n[4] = { 0 };
 
 	/* Earlier tests' connections are gone once both of their ends closed; with lingering
 	 * off, so are their links. */
-	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
 	ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, 0)) TH_LOG("%s", strerror(errno));
 	ASSERT_TRUE(links_settle(0, 0, n))
 		TH_LOG("left over: rxe_a %ld links %ld conns, rxe_b %ld links %ld conns", n[0],
@@ -557,7 +563,6 @@ TEST_F_TIMEOUT(rdma, shared_link, 120)
 		       n[1], n[2], n[3]);
 	EXPECT_EQ(0, rsmc_count_connections("rxe_a", ""));
 	EXPECT_EQ(0, rsmc_count_connections("rxe_b", ""));
-	EXPECT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
 }
 
 /*
@@ -598,11 +603,10 @@ static void make_idle_link(struct __test_metadata *_metadata, const struct topo 
 
 TEST_F_TIMEOUT(rdma, idle_link_lingers, 120)
 {
-	long n[4] = { 0 }, linger;
+	long n[4] = { 0 };
 	double idle_from;
 	int cfd, sfd;
 
-	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
 	make_idle_link(_metadata, variant->topo, LINGER_MS);
 	idle_from = now_ms();
 
@@ -624,7 +628,6 @@ TEST_F_TIMEOUT(rdma, idle_link_lingers, 120)
 		       n[1], n[2], n[3]);
 	EXPECT_LT(LINGER_MS / 2, now_ms() - idle_from) TH_LOG("the idle link went after %.0f ms",
 							      now_ms() - idle_from);
-	EXPECT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
 }
 
 /*
@@ -1180,12 +1183,8 @@ TEST_F_TIMEOUT(rdma, short_connections_in_a_row, 120)
  */
 TEST_F_TIMEOUT(rdma, short_connections_while_links_come_and_go, 180)
 {
-	long linger;
-
-	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
 	ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, 3)) TH_LOG("%s", strerror(errno));
 	churn(_metadata, variant->topo, CHURN_MAX, 25);
-	EXPECT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1379,10 +1378,9 @@ static void *close_in_thread(void *fd)
 
 TEST_F_TIMEOUT(rdma, every_close_order_releases_both_ends, 180)
 {
-	long links, conns_a, conns_b, linger, n[4];
+	long links, conns_a, conns_b, n[4];
 	char text[4096];
 
-	ASSERT_EQ(0, rsmc_read_long(RSMC_LINK_LINGER_FILE, &linger));
 	ASSERT_EQ(0, rsmc_device_links("rxe_a", &links, &conns_a));
 	ASSERT_EQ(0, rsmc_device_links("rxe_b", &links, &conns_b));
 	for (int round = 0; round < CLOSE_ORDER_ROUNDS; round++) {
@@ -1399,7 +1397,7 @@ TEST_F_TIMEOUT(rdma, every_close_order_releases_both_ends, 180)
 				TH_LOG("round %d: rxe_a %ld links %ld conns, rxe_b %ld links %ld conns:\n%s",
 				       round, n[0], n[1], n[2], n[3],
 				       rsmc_state_text(text, sizeof(text)));
-			ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, linger));
+			ASSERT_EQ(0, rsmc_write_long(RSMC_LINK_LINGER_FILE, self->linger_ms));
 		}
 		smc_pair(_metadata, variant->topo, &cfd, &sfd);
 		ASSERT_EQ(1, write_all(from_server ? sfd : cfd, &byte, 1));
