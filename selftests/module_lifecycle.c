@@ -30,13 +30,6 @@ static int load_smc(void)
 }
 
 /*
- * Waits up to 20 s (the test has 30 s) for the connections of earlier programs to go: a closed
- * connection holds its socket (and so the module) until its peer closed too, or until its link
- * failed, which for a peer whose device was removed takes the transport's retries. Earlier
- * programs close both ends of their connections, so none waits out net.ipv4.tcp_fin_timeout
- * (60 s).
- */
-/*
  * Unloads rsmc, waiting up to 10 s for the last references of closed sockets to go: a released
  * connection drops its socket from a work item, a moment after it left its link.
  */
@@ -56,6 +49,12 @@ TEST(open_socket_pins_module)
 {
 	int fd;
 
+	/*
+	 * A closed connection holds its socket (and so the module) until its peer closed too, or
+	 * until its link failed, which for a peer whose device was removed takes the transport's
+	 * retries. Earlier programs close both ends of their connections, so none waits out
+	 * net.ipv4.tcp_fin_timeout (60 s): 20 s (the test has 30 s) is enough.
+	 */
 	assert_connections_gone(_metadata, "connections of earlier programs");
 	fd = socket(AF_SMC, SOCK_STREAM, 0);
 	ASSERT_LE(0, fd);

@@ -348,7 +348,7 @@ static inline void assert_connections_gone(struct __test_metadata *_metadata, co
 	char left[4096];
 
 	ASSERT_TRUE(rsmc_connections_gone(conns))
-		TH_LOG("%s remain: %ld on rxe_a, %ld on rxe_b:\n%s", whose, conns[0], conns[1],
+		TH_LOG("%s remain after 20 s: %ld on rxe_a, %ld on rxe_b:\n%s", whose, conns[0], conns[1],
 		       rsmc_state_text(left, sizeof(left)));
 }
 

@@ -343,7 +343,7 @@ TEST_F_TIMEOUT(storm, random_calls_then_close_leave_nothing, 300)
 {
 	storm_run(_metadata, self, variant, storm_steps());
 	close_all(_metadata, self);
-	assert_connections_gone(_metadata, "connections closed at both ends 20 s ago");
+	assert_connections_gone(_metadata, "connections closed at both ends");
 }
 
 /*
@@ -369,7 +369,7 @@ TEST_F_TIMEOUT(storm, two_processes_share_the_sockets, 300)
 	ASSERT_TRUE(WIFEXITED(status) && !WEXITSTATUS(status))
 		TH_LOG("the other process ended with status %#x", status);
 	close_all(_metadata, self);
-	assert_connections_gone(_metadata, "connections closed at both ends 20 s ago");
+	assert_connections_gone(_metadata, "connections closed at both ends");
 }
 
 TEST_HARNESS_MAIN
